@@ -1,0 +1,169 @@
+"""RGM objectives: the data-fidelity term and the learned priors (RGM_MATH sections 2 and 4).
+
+    L_G = lam * fidelity(x_{k+1}, x0_hat)  +  g_phi(x_k_hat)                     (Eq. 8)
+
+The priors g_phi act on flat features (B, F): 2D points for the toy, discriminator
+features for images. Scripts pick one through the registry `PRIORS`.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def _per_sample(v, x):
+    return v.view(-1, *([1] * (x.dim() - 1)))
+
+
+# ----------------------------------------------------------------------------
+# Data fidelity (Eq. 8): 1/2 || Sigma_{k+1}^{-1/2} (A_{k+1} x0_hat - x_{k+1}) ||^2, per sample.
+
+def fidelity(x_next, x0_hat, k, schedule):
+    """Algorithm 2 (prior sampling): compare x_{k+1} with the noiseless map of x0_hat."""
+    mean = schedule.mean(x0_hat, k + 1)
+    std = _per_sample(schedule.fidelity_std(k + 1), x_next)
+    return 0.5 * ((x_next - mean) / std).pow(2).flatten(1).sum(1)            # (B,)
+
+
+def posterior_fidelity(x_next, x_k_hat, k, schedule):
+    """Algorithm 1 (posterior sampling, RGM-D): 1/2 ||(x_{k+1} - a_{k+1} x_k_hat) / sqrt(beta_{k+1})||^2."""
+    a, beta = (_per_sample(c, x_next) for c in schedule.step_coefficients(k + 1))
+    return 0.5 * ((x_next - a * x_k_hat) / beta.sqrt()).pow(2).flatten(1).sum(1)
+
+
+def mmse_loss(x0_hat, x0):
+    """The MMSE baseline's objective ||G(x_{k+1}, k) - x0||^2: its minimiser is E[x0 | x_{k+1}]."""
+    return (x0_hat - x0).pow(2).flatten(1).sum(1)
+
+
+# ----------------------------------------------------------------------------
+# KLD prior (Eq. 7): a non-saturating GAN; -D -> KL(q || p) as D becomes optimal.
+
+def _logit(out):
+    """Discriminators return a logit or (logit, features); give the logit as (B,)."""
+    return (out[0] if isinstance(out, tuple) else out).reshape(-1)
+
+
+class KLD:
+    def __init__(self, r1_gamma=0.02, lazy_reg=15):
+        self.r1_gamma = r1_gamma        # weight of the R1 penalty on real samples
+        self.lazy_reg = lazy_reg        # apply R1 every `lazy_reg` D steps (not rescaled, as the authors)
+
+    def discriminator_loss(self, D, x_k, x_k_hat, k, step=0):
+        """softplus(-D(x_k)) + softplus(D(x_k_hat)) + r1/2 ||grad_x D(x_k)||^2; returns (loss, r1)."""
+        use_r1 = self.r1_gamma > 0 and step % self.lazy_reg == 0
+        x_k = x_k.detach().requires_grad_(use_r1)
+        logit_real = _logit(D(x_k, k))
+        loss = F.softplus(-logit_real).mean() + F.softplus(_logit(D(x_k_hat.detach(), k))).mean()
+        r1 = x_k.new_zeros(())
+        if use_r1:
+            grad, = torch.autograd.grad(logit_real.sum(), x_k, create_graph=True)
+            r1 = grad.pow(2).flatten(1).sum(1).mean()
+            loss = loss + self.r1_gamma / 2 * r1
+        return loss, r1.detach()
+
+    def generator_loss(self, D, x_k_hat, k):
+        """g_phi(x_k_hat) = softplus(-D) - softplus(D) = -D(x_k_hat, k), per sample."""
+        return -_logit(D(x_k_hat, k))
+
+
+# ----------------------------------------------------------------------------
+# MMD prior (Gretton et al. 2012): biased MMD^2 with a mixture of RBF kernels.
+
+class _RBFMixtureSum(torch.autograd.Function):
+    """sum_ij sum_s exp(-||x_i - y_j||^2 / (2 s^2)), with its gradient computed in the same pass.
+
+    Plain autograd stores one (n, m) matrix per bandwidth and re-reads them all backwards;
+    this walks x in row blocks, keeps O((n + m) F) memory and returns the exact gradient.
+    Exponents are clamped at -60 (terms < 1e-26): float32 `exp` of very negative numbers
+    is slow on CPUs and contributes nothing.
+    """
+
+    @staticmethod
+    def forward(ctx, x, y, bandwidths, chunk):
+        c = 1.0 / (2.0 * bandwidths.to(x)**2)                               # (S,)
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        total = x.new_zeros(())
+        gx, gy = torch.zeros_like(x), torch.zeros_like(y)
+        y2 = y.pow(2).sum(1)
+        for i in range(0, x.shape[0], chunk):
+            xi = x[i:i + chunk]
+            d = (xi.pow(2).sum(1, keepdim=True) + y2 - 2 * xi @ y.T).clamp_min_(0)   # (b, m)
+            e = (d[None] * -c[:, None, None]).clamp_min_(-60.0).exp_()                # (S, b, m)
+            total += e.sum()
+            if need_grad:
+                w = torch.einsum('s,sbm->bm', c, e)       # -dk/dd, summed over bandwidths
+                # d/dx_i sum_j k(d_ij) = -2 sum_j w_ij (x_i - y_j); and the mirror for y_j.
+                gx[i:i + chunk] = -2 * (w.sum(1, keepdim=True) * xi - w @ y)
+                gy += -2 * (w.sum(0)[:, None] * y - w.T @ xi)
+        ctx.save_for_backward(gx, gy)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        gx, gy = ctx.saved_tensors
+        return grad_out * gx, grad_out * gy, None, None
+
+
+class MMD:
+    def __init__(self, bandwidths=(0.1, 0.5, 1.0, 2.0, 10.0), eps=1e-6, chunk=64):
+        self.bandwidths = torch.tensor(bandwidths, dtype=torch.float32)   # toy; images {1,2,4,8,16}
+        self.eps = eps                  # under the sqrt: its gradient is unbounded as MMD^2 -> 0
+        self.chunk = chunk              # rows of the kernel matrix computed at once
+
+    def kernel_sum(self, x, y):
+        return _RBFMixtureSum.apply(x.flatten(1), y.flatten(1), self.bandwidths, self.chunk)
+
+    def mmd2(self, x, y):
+        """Biased MMD^2_b = mean k(x, x') + mean k(y, y') - 2 mean k(x, y)."""
+        n, m = x.shape[0], y.shape[0]
+        return (self.kernel_sum(x, x) / n**2 + self.kernel_sum(y, y) / m**2
+                - 2 * self.kernel_sum(x, y) / (n * m))
+
+    def __call__(self, x_real, x_fake):
+        """g_phi = sqrt(relu(MMD^2) + eps) between real x_k and generated x_k_hat."""
+        return torch.sqrt(F.relu(self.mmd2(x_real, x_fake)) + self.eps)
+
+
+# ----------------------------------------------------------------------------
+# DSWD prior (Nguyen et al. 2020): sliced Wasserstein along learned directions.
+
+def sliced_wasserstein(x, y, theta, p=2):
+    """SW_p = (mean_l sum_i |sort(x theta_l)_i - sort(y theta_l)_i|^p)^(1/p); theta is (L, F)."""
+    px = torch.sort(x.flatten(1) @ theta.T, dim=0).values                    # (B, L)
+    py = torch.sort(y.flatten(1) @ theta.T, dim=0).values
+    # clamp: the p-th root has an infinite slope at 0 (identical sets would give NaN gradients)
+    return (px - py).abs().pow(p).sum(0).mean().clamp_min(1e-12).pow(1.0 / p)
+
+
+class DSWD:
+    def __init__(self, transform, num_projections=10, p=2, C=10.0, inner_steps=10, lr=5e-4,
+                 betas=(0.5, 0.999)):
+        self.transform = transform      # f: maps unit directions to unit directions (TransformNet)
+        self.num_projections = num_projections
+        self.p, self.C, self.inner_steps = p, C, inner_steps
+        self.opt = torch.optim.Adam(transform.parameters(), lr=lr, betas=betas)
+
+    def directions(self, dim, device, generator=None):
+        theta = torch.randn(self.num_projections, dim, device=device, generator=generator)
+        return theta / theta.norm(dim=1, keepdim=True)
+
+    def fit(self, x_real, x_fake, theta):
+        """Inner maximisation over f of SW_p(f(theta)) - C mean|cos(f(theta_i), f(theta_j))|."""
+        x_real, x_fake = x_real.detach(), x_fake.detach()
+        for _ in range(self.inner_steps):
+            phi = self.transform(theta)
+            cos = (phi @ phi.T).abs().mean()     # rows of phi have unit length
+            loss = self.C * cos - sliced_wasserstein(x_real, x_fake, phi, self.p)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+
+    def __call__(self, x_real, x_fake, generator=None):
+        """Fit the directions on detached samples, then SW_p along them (differentiable in x_fake)."""
+        theta = self.directions(x_real.flatten(1).shape[1], x_real.device, generator)
+        self.fit(x_real, x_fake, theta)
+        with torch.no_grad():
+            phi = self.transform(theta)
+        return sliced_wasserstein(x_real, x_fake, phi, self.p)
+
+
+PRIORS = {'kld': KLD, 'mmd': MMD, 'dswd': DSWD}

@@ -1,0 +1,262 @@
+"""Forward (degradation) processes of RGM and their posteriors (RGM_MATH section 3).
+
+A forward process maps clean data x0 to level k in {0..K}: level 0 is clean, level K is
+(almost) the start distribution. Every class offers the same interface:
+
+    mean(x0, k)             the noiseless map of x0 to level k        A_k x0
+    std(k)                  per-pixel noise std at level k, shape (B,)
+    sample(x0, k, noise)    a draw from the marginal q(x_k | x0)
+    fidelity_std(k)         the std that the fidelity term divides by (Eq. 8)
+    prior_sample(shape)     the start distribution of sampling, for level K
+
+`k` is an int64 tensor of shape (B,) (one level per sample) or a Python int.
+Scripts pick a process through the registry `SCHEDULES`.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------
+# VP-SDE noise schedule (Song et al. 2021), Appendix B.1, Table 5.
+
+def vp_coefficients(N, discretisation='original', beta_min=0.1, beta_max=20.0, eps=1e-3):
+    """Coefficient tables for N noise levels, float32, index n = 0..N."""
+    def vp_var(s):
+        return 1 - torch.exp(-0.5 * s**2 * (beta_max - beta_min) - s * beta_min)
+
+    u = torch.arange(N + 1, dtype=torch.float64) / N
+    s = u * (1 - eps) + eps
+    if discretisation == 'original':
+        var = vp_var(s)
+    elif discretisation == 'square':
+        var = vp_var(s**2)
+    elif discretisation == 'geometric':
+        # Deviation: the authors' var = beta_min (beta_max / beta_min)^s exceeds 1 for their
+        # default betas (NaN tables). We space the variance geometrically between the
+        # endpoints of the 'original' schedule instead.
+        v0, v1 = vp_var(s[:1]), vp_var(s[-1:])
+        var = v0 * (v1 / v0) ** u
+    else:
+        raise ValueError(f"unknown discretisation {discretisation!r}: "
+                         "choose 'original', 'square' or 'geometric'")
+    alpha_bar = 1 - var
+    beta = torch.cat([torch.tensor([1e-8], dtype=torch.float64),
+                      1 - alpha_bar[1:] / alpha_bar[:-1]]).float()
+    # Like the authors, the tables are float32 from here on: sqrt(1 - 1e-8) rounds to 1,
+    # so level 0 is exactly clean (abar_0 = 1, sigmabar_0 = 0).
+    a = torch.sqrt(1 - beta)                                    # per-step signal scale a_n
+    abar = torch.cumprod(a, 0)                                  # abar'_n = prod_{j<=n} a_j
+    sigmabar = torch.sqrt(1 - abar**2)                          # marginal noise std
+    return dict(beta=beta, a=a, abar=abar, sigmabar=sigmabar)
+
+
+def _levels(k, K, batch, device):
+    """Check the level(s) k and return them as an int64 tensor of shape (batch,)."""
+    if not torch.is_tensor(k):
+        k = torch.full((batch,), int(k), dtype=torch.long, device=device)
+    if k.dim() != 1 or k.shape[0] != batch:
+        raise ValueError(f'k must have shape ({batch},), got {tuple(k.shape)}')
+    if k.numel() and (int(k.min()) < 0 or int(k.max()) > K):
+        raise ValueError(f'level k must lie in 0..{K}, got values in '
+                         f'{int(k.min())}..{int(k.max())}')
+    return k.long()
+
+
+def _expand(v, x):
+    """(B,) -> (B, 1, ..., 1), broadcastable against x."""
+    return v.view(-1, *([1] * (x.dim() - 1)))
+
+
+def block_average(x, d):
+    """P_d: d times 2x2 block averaging, nearest-upsampled back to full size; d is (B,)."""
+    out = x
+    for j in range(1, int(d.max()) + 1 if d.numel() else 1):
+        f = 2**j
+        pooled = F.interpolate(F.avg_pool2d(x, f), scale_factor=f, mode='nearest')
+        out = torch.where(_expand(d == j, x), pooled, out)
+    return out
+
+
+class _Schedule:
+    """What every forward process shares: levels, the VP tables, sampling."""
+    halvings = 0        # how many times the image side is halved at level K
+
+    def __init__(self, K=4, discretisation='original'):
+        if int(K) != K or K < 1:
+            raise ValueError(f'K (number of degradation steps) must be an integer >= 1, got {K}')
+        self.K = int(K)
+        self.discretisation = discretisation
+        for name, v in vp_coefficients(self.num_noise_levels, discretisation).items():
+            setattr(self, name, v)
+
+    num_noise_levels = property(lambda self: self.K)
+
+    def levels(self, k, x):
+        return _levels(k, self.K, x.shape[0], x.device)
+
+    def check_shape(self, shape):
+        """Raise a clear error if images of this shape cannot go through the process."""
+        if self.halvings == 0:
+            return
+        if len(shape) != 4:
+            raise ValueError(f'{type(self).__name__} works on images (B, C, H, W), got shape {tuple(shape)}')
+        f = 2**self.halvings
+        if shape[-1] % f or shape[-2] % f:
+            raise ValueError(f'{type(self).__name__} with K={self.K} halves the image {self.halvings} '
+                             f'times: its side must be divisible by {f}, got {shape[-2]}x{shape[-1]}')
+
+    def _table(self, name, n, x=None):
+        v = getattr(self, name).to(n.device)[n]
+        return v if x is None else _expand(v, x)
+
+    def sample(self, x0, k, noise=None, noise_scale=1.0):
+        """x_k ~ q(x_k | x0). `noise` is a standard normal tensor shaped like x0."""
+        k = self.levels(k, x0)
+        if noise is None:
+            noise = torch.randn_like(x0)
+        return self.mean(x0, k) + noise_scale * self._noise(noise, k)
+
+    def prior_sample(self, shape, device=None, generator=None):
+        """The start distribution of Algorithm 3: N(0, std(K)^2) at the level-K resolution."""
+        self.check_shape(shape)
+        n = torch.randn(shape, device=device, generator=generator)
+        k = torch.full((shape[0],), self.K, dtype=torch.long, device=device)
+        return self._noise(n, k)
+
+
+# ----------------------------------------------------------------------------
+# RGM-D: Gaussian denoising, A_k = abar'_k I, N = K.
+
+class Denoising(_Schedule):
+    """x_k = abar'_k x0 + sigmabar_k eps, for points (B, D) or images (B, C, H, W)."""
+
+    def mean(self, x0, k):
+        return self._table('abar', self.levels(k, x0), x0) * x0
+
+    def std(self, k):
+        return self._table('sigmabar', k)
+
+    def fidelity_std(self, k):
+        return self.std(k)
+
+    def _noise(self, noise, k):
+        return self._table('sigmabar', k, noise) * noise
+
+    def prior_sample(self, shape, device=None, generator=None):
+        # The authors start from N(0, I) (sigmabar_K = 1.0000 in float32 for K = 4).
+        return torch.randn(shape, device=device, generator=generator)
+
+    # -- Algorithm 1: DDPM posterior with betas beta_1..beta_K (beta_0 dropped). --
+
+    def step_coefficients(self, k):
+        """a_k and beta_k of one forward step q(x_k | x_{k-1}) = N(a_k x_{k-1}, beta_k I), each (B,)."""
+        return self._table('a', k), self._table('beta', k)
+
+    def posterior_coefficients(self, k):
+        """c1_k, c2_k, v_k of q(x_k | x_{k+1}, x0) = N(c1 x0 + c2 x_{k+1}, v), each (B,)."""
+        beta = self.beta[1:].to(k.device)                           # beta_{n+1}, n = 0..K-1
+        alphabar = torch.cumprod(1 - beta, 0)
+        alphabar_prev = torch.cat([alphabar.new_ones(1), alphabar[:-1]])
+        b, ab, ab_prev = beta[k], alphabar[k], alphabar_prev[k]
+        c1 = b * ab_prev.sqrt() / (1 - ab)
+        c2 = (1 - ab_prev) * (1 - b).sqrt() / (1 - ab)
+        v = b * (1 - ab_prev) / (1 - ab)
+        return c1, c2, v
+
+    def posterior_sample(self, x0, x_next, k, noise=None):
+        """x_k ~ q(x_k | x_{k+1}, x0); no noise is added at k = 0."""
+        k = _levels(k, self.K - 1, x0.shape[0], x0.device)
+        c1, c2, v = (_expand(c, x0) for c in self.posterior_coefficients(k))
+        if noise is None:
+            noise = torch.randn_like(x0)
+        nonzero = _expand((k > 0).to(x0.dtype), x0)
+        return c1 * x0 + c2 * x_next + nonzero * v.sqrt() * noise
+
+
+# ----------------------------------------------------------------------------
+# RGM-SR (naive): A_k = abar'_k P_k, N = K; the side halves at every level.
+
+class SuperResolutionNaive(_Schedule):
+    """x_k = P_k (abar'_k x0 + sigmabar_k eps); images (B, C, H, W) only."""
+    halvings = property(lambda self: self.K)
+
+    def mean(self, x0, k):
+        self.check_shape(x0.shape)
+        k = self.levels(k, x0)
+        return self._table('abar', k, x0) * block_average(x0, k)
+
+    def std(self, k):
+        # Block-averaging 4^k independent pixels divides the noise std by 2^k.
+        return self._table('sigmabar', k) / 2.0**k
+
+    def fidelity_std(self, k):
+        # The authors divide by sigmabar_k over the full-size image, where each low-res
+        # pixel appears 4^k times: that equals the exact likelihood with std sigmabar_k / 2^k
+        # on the low-resolution image.
+        return self._table('sigmabar', k)
+
+    def _noise(self, noise, k):
+        return self._table('sigmabar', k, noise) * block_average(noise, k)
+
+
+# ----------------------------------------------------------------------------
+# RGM-SR (separated): odd k adds noise, even k halves the side; N = (K+1)//2.
+
+class SuperResolution(_Schedule):
+    """x_k = P_{d(k)} (abar'_{n(k)} x0 + 2^{n(k)} sigmabar_{n(k)} eps), n(k) = (k+1)//2, d(k) = k//2."""
+    halvings = property(lambda self: self.K // 2)
+    num_noise_levels = property(lambda self: (self.K + 1) // 2)
+
+    def mean(self, x0, k):
+        self.check_shape(x0.shape)
+        k = self.levels(k, x0)
+        return self._table('abar', (k + 1) // 2, x0) * block_average(x0, k // 2)
+
+    def std(self, k):
+        # 2^n sigmabar_n, averaged over 4^d pixels: 2 sigmabar_n for odd k, sigmabar_n for even k.
+        n = (k + 1) // 2
+        return self._table('sigmabar', n) * 2.0 ** (n - k // 2)
+
+    def fidelity_std(self, k):
+        # As the authors: this std, summed over the full-size (nearest-upsampled) image, so
+        # each low-resolution pixel counts 4^d(k) times (a weight the exact likelihood lacks).
+        return self.std(k)
+
+    def _noise(self, noise, k):
+        n = (k + 1) // 2
+        scale = self._table('sigmabar', n, noise) * _expand(2.0**n, noise)
+        return scale * block_average(noise, k // 2)
+
+
+SCHEDULES = {'d': Denoising, 'sr_naive': SuperResolutionNaive, 'sr': SuperResolution}
+
+
+def make_schedule(name, K=4, discretisation='original'):
+    """Build a forward process by its registry name."""
+    if name not in SCHEDULES:
+        raise ValueError(f'unknown forward process {name!r}: choose one of {sorted(SCHEDULES)}')
+    return SCHEDULES[name](K=K, discretisation=discretisation)
+
+
+# ----------------------------------------------------------------------------
+# Algorithm 3: sampling with K network evaluations.
+
+@torch.no_grad()
+def sample_rgm(G, schedule, shape, nz, device=None, posterior=False, noise_scale=0.999,
+               generator=None, trajectory=False):
+    """Run Algorithm 3 from the start distribution; returns x_0 (or [x_K, ..., x_0])."""
+    x = schedule.prior_sample(shape, device=device, generator=generator)
+    xs = [x]
+    for k in reversed(range(schedule.K)):
+        k_ = torch.full((shape[0],), k, dtype=torch.long, device=x.device)
+        z = torch.randn(shape[0], nz, device=x.device, generator=generator) if nz > 0 else None
+        x0_hat = G(x, k_, z)                # G sees x_{k+1} and is told the target level k
+        noise = torch.randn(x.shape, device=x.device, generator=generator)
+        if posterior:                       # Algorithm 1 models: x_k ~ q(x_k | x_{k+1}, x0_hat)
+            x = schedule.posterior_sample(x0_hat, x, k_, noise=noise)
+        else:                               # Algorithm 3, line 5: push x0_hat back to level k
+            x = schedule.sample(x0_hat, k_, noise=noise, noise_scale=noise_scale)
+        xs.append(x)
+    return xs if trajectory else x

@@ -1,0 +1,258 @@
+"""The paper's 2D experiment (Figure 3): MAP restoration (RGM) against MMSE on a Gaussian mixture.
+
+    python toy2d.py                  # KLD, MMD, DSWD and the MMSE baseline, K = 4 (~10 min on 2 CPU cores)
+    python toy2d.py --prior mmd      # one column
+    python toy2d.py --prior kld --K 1
+
+Each method learns G(x_{k+1}, k, z) on the 8-Gaussian mixture, samples with Algorithm 3,
+and is scored against fresh data; the figure shows every level k of the data's forward
+process next to each method's distribution at that level.
+"""
+import argparse
+import copy
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import losses
+import models
+from schedules import make_schedule, sample_rgm
+
+STD = 1 / math.sqrt(200)            # each mixture component has covariance I / 200
+
+
+# ----------------------------------------------------------------------------
+# Data sets: n points of shape (n, 2).
+
+def _centres(name):
+    if name == '8gaussians':        # radius 2, angles i pi / 4
+        a = torch.arange(8) * math.pi / 4
+        return 2 * torch.stack([a.cos(), a.sin()], 1)
+    if name == '25gaussians':       # a 5 x 5 grid with spacing 1
+        g = torch.arange(-2, 3, dtype=torch.float32)
+        return torch.cartesian_prod(g, g)
+    return None
+
+
+def _mixture(name):
+    def sample(n):
+        c = _centres(name)
+        return c[torch.randint(len(c), (n,))] + STD * torch.randn(n, 2)
+    return sample
+
+
+def _checkerboard(n):
+    """8 unit squares of a 4 x 4 checkerboard on [-2, 2]^2."""
+    x1 = torch.rand(n) * 4 - 2
+    x2 = torch.rand(n) - 2 * torch.randint(2, (n,)) + torch.floor(x1) % 2
+    return torch.stack([x1, x2], 1)
+
+
+DATASETS = {'8gaussians': _mixture('8gaussians'), '25gaussians': _mixture('25gaussians'),
+            'checkerboard': _checkerboard}
+
+# Per-method defaults, tuned on a 2-core CPU (see README): iterations and fidelity weight lam.
+METHODS = {
+    'kld':  dict(iters=15000, lam=0.1),
+    'mmd':  dict(iters=5000,  lam=0.05),
+    'dswd': dict(iters=10000, lam=1.0),
+    'mmse': dict(iters=2000,  lam=0.0),
+}
+
+
+# ----------------------------------------------------------------------------
+# Training.
+
+def make_prior(name, K, lr=1e-3):
+    """Return (prior_term, critic): prior_term(x_k, x_k_hat, k, step) is g_phi(x_k_hat) in Eq. 8,
+    after one update of the prior's own learned part (the critic), if it has one."""
+    if name == 'kld':
+        D = models.ToyDiscriminator(K=K)
+        opt = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.5, 0.9))
+        kld = losses.KLD(r1_gamma=0.02, lazy_reg=1)
+
+        def term(x_k, x_k_hat, k, step):
+            loss_D, _ = kld.discriminator_loss(D, x_k, x_k_hat, k, step)
+            opt.zero_grad(set_to_none=True)
+            loss_D.backward()
+            opt.step()
+            return kld.generator_loss(D, x_k_hat, k).mean()
+        return term, D
+    if name == 'mmd':
+        mmd = losses.MMD(bandwidths=(0.1, 0.5, 1.0, 2.0, 10.0))
+        return (lambda x_k, x_k_hat, k, step: mmd(x_k, x_k_hat)), None
+    if name == 'dswd':
+        dswd = losses.DSWD(models.TransformNet(2), num_projections=10, inner_steps=10, C=10.0)
+        return (lambda x_k, x_k_hat, k, step: dswd(x_k, x_k_hat)), dswd.transform
+    raise ValueError(f'unknown prior {name!r}: choose one of {sorted(METHODS)}')
+
+
+def train(method, dataset='8gaussians', K=4, iters=None, batch_size=1000, lam=None, nz=2,
+          posterior=False, seed=0, device='cpu', lr=1e-3, ema_decay=0.999, progress=True):
+    """Train one toy model; returns the EMA generator (eval mode) and the schedule."""
+    if method not in METHODS:
+        raise ValueError(f'unknown method {method!r}: choose one of {sorted(METHODS)}')
+    if dataset not in DATASETS:
+        raise ValueError(f'unknown data set {dataset!r}: choose one of {sorted(DATASETS)}')
+    if nz < 0 or batch_size < 2:
+        raise ValueError(f'need nz >= 0 and batch size >= 2, got nz={nz}, batch size={batch_size}')
+    iters = METHODS[method]['iters'] if iters is None else iters
+    lam = METHODS[method]['lam'] if lam is None else lam
+    nz = 0 if method == 'mmse' else nz          # the MMSE estimate E[x0 | x_{k+1}] has no z
+    torch.manual_seed(seed)
+    schedule = make_schedule('d', K)
+    G = models.ToyGenerator(K=K, nz=nz).to(device)
+    G_ema = copy.deepcopy(G).requires_grad_(False)
+    opt = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.9))
+    prior_term, critic = (None, None) if method == 'mmse' else make_prior(method, K, lr)
+    if critic is not None:
+        critic.to(device)
+    sample_data = DATASETS[dataset]
+
+    for step in tqdm(range(iters), desc=f'{method:>4s} K={K}', disable=not progress, mininterval=1):
+        x0 = sample_data(batch_size).to(device)
+        if method in ('mmd', 'dswd'):           # set-based priors compare one level at a time
+            k = torch.full((batch_size,), int(torch.randint(K, ())), device=device)
+        else:
+            k = torch.randint(K, (batch_size,), device=device)
+        x_k = schedule.sample(x0, k)            # x_k and x_{k+1} with independent noises
+        x_next = schedule.sample(x0, k + 1)
+        if method == 'mmse':
+            loss = losses.mmse_loss(G(x_next, k), x0).mean()
+        else:
+            z = torch.randn(batch_size, nz, device=device) if nz > 0 else None
+            x0_hat = G(x_next, k, z)            # G sees x_{k+1}, is told the target level k
+            if posterior:                       # Algorithm 1
+                x_k_hat = schedule.posterior_sample(x0_hat, x_next, k)
+                fid = losses.posterior_fidelity(x_next, x_k_hat, k, schedule)
+            else:                               # Algorithm 2
+                x_k_hat = schedule.sample(x0_hat, k)
+                fid = losses.fidelity(x_next, x0_hat, k, schedule)
+            loss = lam * fid.mean() + prior_term(x_k, x_k_hat, k, step)          # Eq. 8
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f'{method}: loss is {loss.item()} at step {step}')
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for p_ema, p in zip(G_ema.parameters(), G.parameters()):
+                p_ema.lerp_(p, 1 - ema_decay)
+    return G_ema.eval(), schedule
+
+
+# ----------------------------------------------------------------------------
+# Evaluation.
+
+def energy_distance(x, y, chunk=2048):
+    """2 E|X - Y| - E|X - X'| - E|Y - Y'| (V-statistic: >= 0, and > 0 for finite samples)."""
+    def mean_dist(a, b):
+        return sum(torch.cdist(a[i:i + chunk], b).sum() for i in range(0, len(a), chunk)) / (len(a) * len(b))
+    x, y = x.double(), y.double()
+    return float(2 * mean_dist(x, y) - mean_dist(x, x) - mean_dist(y, y))
+
+
+def evaluate(x, dataset, seed=1):
+    """Mode coverage, quality, spread and distance of samples x (N, 2) against fresh data."""
+    n = len(x)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        fresh, fresh2 = DATASETS[dataset](n), DATASETS[dataset](n)
+    out = dict(n=n, energy_distance=energy_distance(x, fresh),
+               energy_distance_floor=energy_distance(fresh2, fresh))
+    centres = _centres(dataset)
+    if centres is not None:
+        d, idx = torch.cdist(x.double(), centres.double()).min(1)
+        hq = d < 3 * STD                        # high quality: within 3 std of a centre
+        counts = torch.bincount(idx[hq], minlength=len(centres))
+        # A 2D Gaussian's per-coordinate std is sqrt(E|x - c|^2 / 2).
+        spread = [math.sqrt(d[hq & (idx == m)].pow(2).mean().item() / 2) / STD
+                  for m in range(len(centres)) if counts[m] > 1]
+        out.update(modes=int((counts >= 0.05 * n / len(centres)).sum()), num_modes=len(centres),
+                   hq_fraction=hq.float().mean().item(),
+                   spread_min=min(spread, default=float('nan')),
+                   spread_max=max(spread, default=float('nan')))
+    return out
+
+
+def plot(columns, K, path):
+    """columns: {title: [x_0, ..., x_K]}; one column per entry, one row per level k."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(K + 1, len(columns), figsize=(2.2 * len(columns), 2.2 * (K + 1)),
+                             squeeze=False)
+    for j, (title, xs) in enumerate(columns.items()):
+        for k, x in enumerate(xs):
+            ax = axes[k, j]
+            ax.scatter(x[:, 0], x[:, 1], s=0.5, alpha=0.3, color='C0' if j == 0 else 'C3', rasterized=True)
+            ax.set(xlim=(-3, 3), ylim=(-3, 3), xticks=[], yticks=[], aspect='equal')
+            if k == 0:
+                ax.set_title(title)
+            if j == 0:
+                ax.set_ylabel(f'k = {k}')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------
+
+def main(args):
+    os.makedirs(args.out, exist_ok=True)
+    methods = list(METHODS) if args.prior == 'all' else [args.prior]
+    if args.posterior and 'mmse' in methods and args.prior != 'all':
+        raise ValueError('--posterior applies to the RGM priors, not to the MMSE baseline')
+    torch.manual_seed(args.seed)
+    x0 = DATASETS[args.dataset](args.n_samples)
+    schedule = make_schedule('d', args.K)
+    columns = {'data (forward process)': [schedule.sample(x0, k).numpy() for k in range(args.K + 1)]}
+    results = {'data': evaluate(DATASETS[args.dataset](args.n_samples), args.dataset)}
+    for method in methods:
+        t0 = time.time()
+        G, schedule = train(method, args.dataset, args.K, args.iters, args.batch_size, args.lam,
+                            args.nz, args.posterior and method != 'mmse', args.seed, args.device)
+        train_s = time.time() - t0
+        xs = sample_rgm(G, schedule, (args.n_samples, 2), G.nz, device=args.device,
+                        posterior=args.posterior and method != 'mmse', trajectory=True)
+        xs = [x.cpu() for x in xs[::-1]]                            # [x_0, ..., x_K]
+        np.save(os.path.join(args.out, f'samples_{method}.npy'), xs[0].numpy())
+        results[method] = dict(evaluate(xs[0], args.dataset), train_seconds=round(train_s, 1))
+        columns[f'RGM-{method.upper()}' if method != 'mmse' else 'MMSE'] = [x.numpy() for x in xs]
+
+    fig_path = os.path.join(args.out, 'toy2d.png')
+    plot(columns, args.K, fig_path)
+    with open(os.path.join(args.out, 'metrics.json'), 'w') as f:
+        json.dump(dict(config=vars(args), results=results), f, indent=2)
+
+    print(f'\n{args.dataset}, K = {args.K}, {args.n_samples} samples per method')
+    cols = ['modes', 'hq_fraction', 'spread_min', 'spread_max', 'energy_distance', 'train_seconds']
+    print(f"{'method':8s}" + ''.join(f'{c:>17s}' for c in cols))
+    for name, r in results.items():
+        cells = [r.get(c, float('nan')) for c in cols]
+        print(f'{name:8s}' + ''.join(f'{c:17d}' if isinstance(c, int) else f'{c:17.4f}' for c in cells))
+    print(f"(energy distance between two fresh data sets of this size: "
+          f"{results['data']['energy_distance_floor']:.4f})")
+    print(f'wrote {fig_path}, metrics.json and samples_<method>.npy to {os.path.abspath(args.out)}')
+
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--prior', default='all', choices=list(METHODS) + ['all'],
+                   help='RGM prior (kld, mmd, dswd), the MMSE baseline, or all four (default)')
+    p.add_argument('--dataset', default='8gaussians', choices=list(DATASETS))
+    p.add_argument('--K', type=int, default=4, help='number of degradation steps = NFE')
+    p.add_argument('--iters', type=int, default=None, help='training iterations (default: per method)')
+    p.add_argument('--batch-size', type=int, default=1000)
+    p.add_argument('--lam', type=float, default=None, help='fidelity weight (default: per method)')
+    p.add_argument('--nz', type=int, default=2, help='latent dimension; 0 = no z (ablation)')
+    p.add_argument('--posterior', action='store_true', help='Algorithm 1 instead of Algorithm 2')
+    p.add_argument('--n-samples', type=int, default=10000, help='samples drawn for figure and metrics')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--out', default='runs/toy2d', help='output folder')
+    main(p.parse_args())

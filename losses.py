@@ -73,34 +73,46 @@ class _RBFMixtureSum(torch.autograd.Function):
 
     Plain autograd stores one (n, m) matrix per bandwidth and re-reads them all backwards;
     this walks x in row blocks, keeps O((n + m) F) memory and returns the exact gradient.
+    With y = None it sums k(x_i, x_j) over the upper block triangle only (symmetry).
     Exponents are clamped at -60 (terms < 1e-26): float32 `exp` of very negative numbers
     is slow on CPUs and contributes nothing.
     """
 
     @staticmethod
     def forward(ctx, x, y, bandwidths, chunk):
+        sym = y is None
+        y = x if sym else y
         c = 1.0 / (2.0 * bandwidths.to(x)**2)                               # (S,)
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        need_grad = any(ctx.needs_input_grad[:2])
         total = x.new_zeros(())
         gx, gy = torch.zeros_like(x), torch.zeros_like(y)
         y2 = y.pow(2).sum(1)
         for i in range(0, x.shape[0], chunk):
             xi = x[i:i + chunk]
-            d = (xi.pow(2).sum(1, keepdim=True) + y2 - 2 * xi @ y.T).clamp_min_(0)   # (b, m)
-            e = (d[None] * -c[:, None, None]).clamp_min_(-60.0).exp_()                # (S, b, m)
-            total += e.sum()
+            j0 = i if sym else 0                 # symmetric: columns from the diagonal block on
+            yj = y[j0:]
+            d = (xi.pow(2).sum(1, keepdim=True) + y2[j0:] - 2 * xi @ yj.T).clamp_min_(0)   # (b, m)
+            e = (d[None] * -c[:, None, None]).clamp_min_(-60.0).exp_()                     # (S, b, m)
+            total += 2 * e.sum() - e[:, :, :len(xi)].sum() if sym else e.sum()
             if need_grad:
                 w = torch.einsum('s,sbm->bm', c, e)       # -dk/dd, summed over bandwidths
                 # d/dx_i sum_j k(d_ij) = -2 sum_j w_ij (x_i - y_j); and the mirror for y_j.
-                gx[i:i + chunk] = -2 * (w.sum(1, keepdim=True) * xi - w @ y)
-                gy += -2 * (w.sum(0)[:, None] * y - w.T @ xi)
+                gx[i:i + chunk] += -2 * (w.sum(1, keepdim=True) * xi - w @ yj)
+                if sym:                           # the blocks right of the diagonal, mirrored
+                    w, yj = w[:, len(xi):], yj[len(xi):]
+                    gx[i + len(xi):] += -2 * (w.sum(0)[:, None] * yj - w.T @ xi)
+                else:
+                    gy += -2 * (w.sum(0)[:, None] * yj - w.T @ xi)
+        if sym:
+            gx = 2 * gx                           # x appears as both arguments
+        ctx.sym = sym
         ctx.save_for_backward(gx, gy)
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
         gx, gy = ctx.saved_tensors
-        return grad_out * gx, grad_out * gy, None, None
+        return grad_out * gx, None if ctx.sym else grad_out * gy, None, None
 
 
 class MMD:
@@ -109,13 +121,15 @@ class MMD:
         self.eps = eps                  # under the sqrt: its gradient is unbounded as MMD^2 -> 0
         self.chunk = chunk              # rows of the kernel matrix computed at once
 
-    def kernel_sum(self, x, y):
-        return _RBFMixtureSum.apply(x.flatten(1), y.flatten(1), self.bandwidths, self.chunk)
+    def kernel_sum(self, x, y=None):
+        """sum_ij k(x_i, y_j); y = None means y = x."""
+        return _RBFMixtureSum.apply(x.flatten(1), None if y is None else y.flatten(1),
+                                    self.bandwidths, self.chunk)
 
     def mmd2(self, x, y):
         """Biased MMD^2_b = mean k(x, x') + mean k(y, y') - 2 mean k(x, y)."""
         n, m = x.shape[0], y.shape[0]
-        return (self.kernel_sum(x, x) / n**2 + self.kernel_sum(y, y) / m**2
+        return (self.kernel_sum(x) / n**2 + self.kernel_sum(y) / m**2
                 - 2 * self.kernel_sum(x, y) / (n * m))
 
     def __call__(self, x_real, x_fake):

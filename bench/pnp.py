@@ -1,0 +1,76 @@
+"""Time per image of plug-and-play restoration (pnp.drs, Algorithm 4) per task.
+
+Two denoisers: a stand-in (the identity, so the time is the SVD operators and the DRS loop
+alone) and the RGM denoiser with an untrained NCSN++ of a named configuration (the network cost
+does not depend on its weights). M and J are the Table 6 settings of each task (pnp.paper_settings).
+
+    OMP_NUM_THREADS=1 python bench/pnp.py                      # tiny NCSN++, 32x32, CPU
+    python bench/pnp.py --config cifar10 --device cuda         # the paper's CIFAR-10 generator
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import models       # noqa: E402
+import pnp          # noqa: E402
+import schedules    # noqa: E402
+
+
+def seconds(fn, reps, device):
+    """Median wall time of fn() after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(reps):
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        fn()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - tic)
+    return sorted(times)[len(times) // 2]
+
+
+def main(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    config = models.CONFIGS[args.config]['G']
+    size, nz = config['image_size'], config['nz']
+    with torch.device(device):
+        G = models.NCSNpp(**config).eval()
+    schedule = schedules.make_schedule('d', K=4)
+    name = torch.cuda.get_device_name() if device.type == 'cuda' else f'cpu, {torch.get_num_threads()} threads'
+    print(f'{name}, torch {torch.__version__}, NCSN++ {args.config} ({size}x{size}, '
+          f'{sum(p.numel() for p in G.parameters()) / 1e6:.2f}M params), batch {args.batch}, median of {args.reps}\n')
+    print('| task | M | J | G calls / image | stand-in ms / image | RGM ms / image | RGM ms / G call |')
+    print('|---|---|---|---|---|---|---|')
+    for task in args.tasks:
+        settings = pnp.paper_settings(task, size)[0]
+        op = pnp.make_operator(task, (3, size, size))
+        x = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
+        y = pnp.degrade(x, op, pnp.sigma_to_unit(args.sigma_y))
+        denoise = pnp.rgm_denoiser(G, schedule, nz)
+        t_id = seconds(lambda: pnp.drs(y, op, lambda v, j: v, **settings), args.reps, device) / args.batch
+        t_rgm = seconds(lambda: pnp.drs(y, op, denoise, **settings), args.reps, device) / args.batch
+        calls = settings['M'] * settings['J']
+        print(f"| {task} | {settings['M']} | {settings['J']} | {calls} | {1e3 * t_id:.2f} | "
+              f'{1e3 * t_rgm:.1f} | {1e3 * t_rgm / calls:.2f} |')
+
+
+if __name__ == '__main__':
+    parser = argparse.ArgumentParser(description='Time per image of pnp.drs per task.')
+    parser.add_argument('--config', default='tiny', choices=sorted(models.CONFIGS), help='NCSN++ configuration')
+    parser.add_argument('--tasks', nargs='+', default=['denoise', 'sr2', 'sr4', 'sr8', 'color', 'inpaint'],
+                        choices=sorted(pnp.TASKS))
+    parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--reps', type=int, default=3)
+    parser.add_argument('--sigma-y', type=float, default=0.0, help='observation noise, 0-255 units')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--threads', type=int, default=0, help='CPU threads (0: torch default)')
+    main(parser.parse_args())

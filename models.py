@@ -1,0 +1,551 @@
+"""Networks for RGM: the toy MLPs of the 2D experiment and the image networks.
+
+Generators are called as ``G(x_next, k, z)``: ``x_next`` is the degraded sample at level
+k+1 and ``k`` the *target* level (an int64 tensor of shape (B,)); G returns an estimate
+of the clean sample x0. Discriminators are called as ``D(x_k, k)`` on samples of level k.
+"""
+import torch
+from torch import nn
+
+
+# ----------------------------------------------------------------------------
+# Toy networks (paper Appendix B.3): 3 hidden layers of 32 units with Tanh.
+
+def _mlp(n_in, n_out, hidden=32, layers=3):
+    dims = [n_in] + [hidden] * layers
+    body = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        body += [nn.Linear(a, b), nn.Tanh()]
+    return nn.Sequential(*body, nn.Linear(dims[-1], n_out))
+
+
+class ToyGenerator(nn.Module):
+    """G(x_{k+1}, k, z) -> x0_hat for 2D points; input is [x, k/K, z]."""
+
+    def __init__(self,
+        dim     = 2,    # Dimension of the data points.
+        K       = 4,    # Number of degradation steps (k is fed as k / K).
+        nz      = 2,    # Latent dimension; 0 gives a deterministic G (MMSE baseline, no-z ablation).
+        hidden  = 32,   # Units per hidden layer.
+    ):
+        super().__init__()
+        self.dim, self.K, self.nz = dim, K, nz
+        self.net = _mlp(dim + 1 + nz, dim, hidden)
+
+    def forward(self, x_next, k, z=None):
+        k = (k.float() / self.K)[:, None]                           # (B, 1)
+        if self.nz > 0:
+            if z is None:
+                z = torch.randn(x_next.shape[0], self.nz, device=x_next.device)
+            return self.net(torch.cat([x_next, k, z], dim=1))
+        return self.net(torch.cat([x_next, k], dim=1))
+
+
+class ToyDiscriminator(nn.Module):
+    """D(x_k, k) -> logit for 2D points; input is [x, k/K]."""
+
+    def __init__(self,
+        dim     = 2,    # Dimension of the data points.
+        K       = 4,    # Number of degradation steps (k is fed as k / K).
+        hidden  = 32,   # Units per hidden layer.
+    ):
+        super().__init__()
+        self.K = K
+        self.net = _mlp(dim + 1, 1, hidden)
+
+    def forward(self, x, k):
+        k = (k.float() / self.K)[:, None]                           # (B, 1)
+        return self.net(torch.cat([x, k], dim=1)).squeeze(1)        # (B,)
+
+
+# ----------------------------------------------------------------------------
+# Image networks (paper Section 5, Appendix B.1): DDGAN's NCSN++ generator with a latent z,
+# the small (32 px) and large (256 px) discriminators, and DSWD's TransformNet.
+#
+# G(x_next, k, z): x_next = x_{k+1} is the more degraded image, k the *target* level (int64,
+# shape (B,)), z ~ N(0, I) of shape (B, nz); G returns an estimate of x0 in [-1, 1].
+# Sampling runs k = K-1 ... 0, calling G(x_{k+1}, k, z). D(x_k, k) -> (logit (B,), features),
+# features being the 4x4 map before the minibatch-std channel (used by the MMD/DSWD priors).
+#
+# The layers mirror the authors' networks one to one (same parameters, same initialisation),
+# so `convert_authors_generator` / `convert_authors_discriminator` load their checkpoints.
+# Their CUDA-compiled FIR resampling is a depthwise (transposed) convolution here, so the
+# networks run on any device, under bfloat16 autocast, with channels_last and torch.compile.
+# PyTorch cannot differentiate twice through a compiled graph: compute the R1 penalty with
+# the uncompiled D (torch.compile(D) shares its parameters).
+
+import math
+import time
+
+import torch.nn.functional as F
+
+
+def _init(layer, scale=1.0, chunks=1):
+    """The authors' initialisation (DDPM's variance scaling, fan_avg, uniform): weights
+    U(-a, a) with a^2 = 3 scale / fan_avg, scale 0 meaning 1e-10; biases zero. `chunks`
+    initialises stacked layers (q, k, v) as separate square ones."""
+    for w in layer.weight.data.chunk(chunks):
+        nn.init.xavier_uniform_(w, gain=math.sqrt(scale or 1e-10))
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _groups(ch):
+    """Group count of every generator group norm: min(ch / 4, 32)."""
+    return min(ch // 4, 32)
+
+
+def timestep_embedding(k, dim, max_period=10000):
+    """Sinusoidal embedding of integer levels: [sin(k f_j), cos(k f_j)], f_j = max_period^(-j / (dim/2 - 1))."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, device=k.device) * (-math.log(max_period) / (half - 1)))
+    arg = k.float()[:, None] * freqs[None]                                  # (B, dim/2)
+    return torch.cat([arg.sin(), arg.cos()], dim=1)                         # (B, dim)
+
+
+def fir_kernel():
+    """The 2D FIR filter outer(f, f) with f = [1, 3, 3, 1] / 8, shaped (1, 1, 4, 4); it sums to 1."""
+    f = torch.tensor([1., 3., 3., 1.]) / 8
+    return torch.outer(f, f)[None, None]
+
+
+def fir_downsample(x, fir):
+    """Blur with `fir` and keep every second pixel: upfirdn2d(x, fir, down=2, pad=(1, 1))."""
+    C = x.shape[1]
+    return F.conv2d(x, fir.to(x.dtype).expand(C, 1, 4, 4), stride=2, padding=1, groups=C)
+
+
+def fir_upsample(x, fir):
+    """Insert zeros between pixels and blur with 4 fir: upfirdn2d(x, 4 fir, up=2, pad=(2, 1))."""
+    C = x.shape[1]
+    return F.conv_transpose2d(x, 4 * fir.to(x.dtype).expand(C, 1, 4, 4), stride=2, padding=1, groups=C)
+
+
+class PixelNorm(nn.Module):
+    """z / rms(z) over the latent dimension."""
+
+    def forward(self, z):
+        return z * torch.rsqrt(z.square().mean(dim=1, keepdim=True) + 1e-8)
+
+
+class AdaGN(nn.Module):
+    """Adaptive group norm: gamma(z) * GroupNorm(x) + beta(z), gamma starting at 1."""
+
+    def __init__(self, ch, z_emb_dim):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(ch), ch, eps=1e-6, affine=False)
+        self.style = _init(nn.Linear(z_emb_dim, 2 * ch))
+        self.style.bias.data[:ch] = 1
+
+    def forward(self, x, zemb):
+        gamma, beta = self.style(zemb)[:, :, None, None].chunk(2, dim=1)    # (B, C, 1, 1) each
+        return gamma * self.norm(x) + beta
+
+
+class SelfAttention(nn.Module):
+    """Single-head self-attention over all positions, (x + attn(x)) / sqrt(2)."""
+
+    def __init__(self, ch):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(ch), ch, eps=1e-6)
+        self.qkv = _init(nn.Conv2d(ch, 3 * ch, 1), scale=0.1, chunks=3)
+        self.proj = _init(nn.Conv2d(ch, ch, 1), scale=0)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, 1, C, H * W).transpose(-1, -2).unbind(1)  # (B, 1, HW, C)
+        h = F.scaled_dot_product_attention(q, k, v)                         # logits scaled by C^-1/2
+        return (x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))) / math.sqrt(2)
+
+
+class ResBlock(nn.Module):
+    """BigGAN-style residual block of NCSN++: AdaGN(z), optional FIR up/down-sampling, a per-channel
+    bias from the k embedding, skip rescaling by 1/sqrt(2), then optional self-attention."""
+
+    def __init__(self, in_ch, out_ch, emb_dim, z_emb_dim, up=False, down=False, attention=False, dropout=0.0):
+        super().__init__()
+        self.up, self.down = up, down
+        self.norm0 = AdaGN(in_ch, z_emb_dim)
+        self.conv0 = _init(nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.dense_k = _init(nn.Linear(emb_dim, out_ch))
+        self.norm1 = AdaGN(out_ch, z_emb_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.conv1 = _init(nn.Conv2d(out_ch, out_ch, 3, padding=1), scale=0)
+        self.skip = _init(nn.Conv2d(in_ch, out_ch, 1)) if in_ch != out_ch or up or down else None
+        self.attn = SelfAttention(out_ch) if attention else None
+        if up or down:
+            self.register_buffer('fir', fir_kernel(), persistent=False)
+
+    def forward(self, x, temb, zemb):
+        h = F.silu(self.norm0(x, zemb))
+        if self.up:
+            h, x = fir_upsample(h, self.fir), fir_upsample(x, self.fir)
+        if self.down:
+            h, x = fir_downsample(h, self.fir), fir_downsample(x, self.fir)
+        h = self.conv0(h) + self.dense_k(temb)[:, :, None, None]
+        h = self.conv1(self.dropout(F.silu(self.norm1(h, zemb))))
+        x = x if self.skip is None else self.skip(x)
+        h = (x + h) / math.sqrt(2)
+        return h if self.attn is None else self.attn(h)
+
+
+class PyramidDown(nn.Module):
+    """Progressive input ('residual'): FIR blur, then a 3x3 convolution at stride 2."""
+
+    def __init__(self, in_ch, out_ch):
+        super().__init__()
+        self.conv = _init(nn.Conv2d(in_ch, out_ch, 3, stride=2))
+        self.register_buffer('fir', fir_kernel(), persistent=False)
+
+    def forward(self, x):
+        C = x.shape[1]
+        return self.conv(F.conv2d(x, self.fir.to(x.dtype).expand(C, 1, 4, 4), padding=2, groups=C))
+
+
+class NCSNpp(nn.Module):
+    """NCSN++ generator with a latent z (DDGAN): G(x_next, k, z) -> estimate of x0 in [-1, 1]."""
+
+    def __init__(self,
+        image_size          = 32,           # Resolution of the images (divisible by 2^(len(ch_mult) - 1)).
+        in_channels         = 3,            # Channels of x_next.
+        out_channels        = 3,            # Channels of the estimate of x0.
+        channels            = 128,          # Base width (the authors' num_channels_dae, nf).
+        ch_mult             = (1, 2, 2, 2), # Width multiplier per resolution level.
+        num_res_blocks      = 2,            # Res blocks per level in the encoder (one more in the decoder).
+        attn_resolutions    = (16,),        # Resolutions with self-attention (the 4x4/8x8 middle always has it).
+        dropout             = 0.0,          # Dropout inside the res blocks.
+        nz                  = 100,          # Dimension of the latent z.
+        z_emb_dim           = 256,          # Width of the mapping network and of the z embedding.
+        n_mlp               = 4,            # Hidden layers of the mapping network (n_mlp + 1 Linear layers).
+    ):
+        super().__init__()
+        if image_size % 2 ** (len(ch_mult) - 1):
+            raise ValueError(f'image_size {image_size} is not divisible by 2^{len(ch_mult) - 1} (ch_mult {ch_mult})')
+        self.channels, self.nz, self.n_mlp = channels, nz, n_mlp
+        emb_dim = 4 * channels
+        block = dict(emb_dim=emb_dim, z_emb_dim=z_emb_dim, dropout=dropout)
+
+        # Mapping network: PixelNorm, then Linear + SiLU layers (StyleGAN).
+        layers = [PixelNorm()]
+        for d_in in [nz] + [z_emb_dim] * n_mlp:
+            layers += [_init(nn.Linear(d_in, z_emb_dim)), nn.SiLU()]
+        self.map_z = nn.Sequential(*layers)
+        # k embedding: sinusoids, Linear, SiLU, Linear.
+        self.map_k = nn.Sequential(_init(nn.Linear(channels, emb_dim)), nn.SiLU(), _init(nn.Linear(emb_dim, emb_dim)))
+
+        # Encoder: res blocks per level, then a down block and the input-pyramid conv.
+        self.conv_in = _init(nn.Conv2d(in_channels, channels, 3, padding=1))
+        self.enc = nn.ModuleDict()
+        cin, cpyr, skips = channels, in_channels, [channels]
+        for level, mult in enumerate(ch_mult):
+            res, cout = image_size >> level, channels * mult
+            for i in range(num_res_blocks):
+                self.enc[f'{res}x{res}_block{i}'] = ResBlock(cin, cout, attention=res in attn_resolutions, **block)
+                cin = cout
+                skips.append(cout)
+            if level < len(ch_mult) - 1:
+                self.enc[f'{res // 2}x{res // 2}_down'] = ResBlock(cin, cin, down=True, **block)
+                self.enc[f'{res // 2}x{res // 2}_pyramid'] = PyramidDown(cpyr, cin)
+                cpyr = cin
+                skips.append(cin)
+
+        # Decoder: the middle, then per level num_res_blocks + 1 blocks on [h, skip] and an up block.
+        self.dec = nn.ModuleDict()
+        for level, mult in reversed(list(enumerate(ch_mult))):
+            res, cout = image_size >> level, channels * mult
+            if level == len(ch_mult) - 1:
+                self.dec[f'{res}x{res}_mid0'] = ResBlock(cin, cin, attention=True, **block)
+                self.dec[f'{res}x{res}_mid1'] = ResBlock(cin, cin, **block)
+            else:
+                self.dec[f'{res}x{res}_up'] = ResBlock(cin, cin, up=True, **block)
+            for i in range(num_res_blocks + 1):
+                attention = res in attn_resolutions and i == num_res_blocks   # once per level, after its blocks
+                self.dec[f'{res}x{res}_block{i}'] = ResBlock(cin + skips.pop(), cout, attention=attention, **block)
+                cin = cout
+        self.norm_out = nn.GroupNorm(_groups(cin), cin, eps=1e-6)
+        self.conv_out = _init(nn.Conv2d(cin, out_channels, 3, padding=1), scale=0)
+
+    def forward(self, x_next, k, z=None):
+        """x_next: (B, C, H, W) images of level k+1; k: (B,) int64 target levels; z: (B, nz), drawn if None."""
+        if z is None:
+            z = torch.randn(x_next.shape[0], self.nz, device=x_next.device, dtype=x_next.dtype)
+        zemb = self.map_z(z)                                                          # (B, z_emb_dim)
+        temb = F.silu(self.map_k(timestep_embedding(k, self.channels).to(x_next.dtype)))  # (B, 4 channels)
+
+        h = self.conv_in(x_next)
+        x_pyr, skips = x_next, [h]
+        for name, block in self.enc.items():
+            if name.endswith('pyramid'):                      # add the down-sampled input pyramid
+                h = x_pyr = (block(x_pyr) + h) / math.sqrt(2)
+                skips.append(h)
+            else:
+                h = block(h, temb, zemb)
+                if not name.endswith('down'):
+                    skips.append(h)
+        for name, block in self.dec.items():
+            if 'block' in name:
+                h = torch.cat([h, skips.pop()], dim=1)
+            h = block(h, temb, zemb)
+        return torch.tanh(self.conv_out(F.silu(self.norm_out(h))))
+
+
+def minibatch_std(x, group_size=4):
+    """Append the minibatch-std channel (StyleGAN). The group size G is the largest divisor of the
+    batch not above `group_size`; as in the authors' code, sample i joins group i mod (B / G)."""
+    B, C, H, W = x.shape
+    G = max(g for g in range(1, min(group_size, B) + 1) if B % g == 0)
+    std = (x.reshape(G, B // G, C, H, W).var(0, unbiased=False) + 1e-8).sqrt().mean([1, 2, 3])  # (B/G,)
+    return torch.cat([x, std.repeat(G)[:, None, None, None].expand(B, 1, H, W)], dim=1)
+
+
+class DownBlock(nn.Module):
+    """Discriminator block: conv, + k bias, (FIR down), conv, 1x1 skip, (h + skip) / sqrt(2)."""
+
+    def __init__(self, in_ch, out_ch, emb_dim, down):
+        super().__init__()
+        self.down = down
+        self.conv1 = _init(nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.dense_k = _init(nn.Linear(emb_dim, out_ch))
+        self.conv2 = _init(nn.Conv2d(out_ch, out_ch, 3, padding=1), scale=0)
+        self.skip = _init(nn.Conv2d(in_ch, out_ch, 1, bias=False))
+        if down:
+            self.register_buffer('fir', fir_kernel(), persistent=False)
+
+    def forward(self, x, emb):
+        h = self.conv1(F.leaky_relu(x, 0.2)) + self.dense_k(emb)[:, :, None, None]
+        h = F.leaky_relu(h, 0.2)
+        if self.down:
+            h, x = fir_downsample(h, self.fir), fir_downsample(x, self.fir)
+        return (self.conv2(h) + self.skip(x)) / math.sqrt(2)
+
+
+class Discriminator(nn.Module):
+    """RGM/DDGAN discriminator D(x_k, k) -> (logit (B,), features (B, C, 4, 4)). The last
+    log2(image_size / 4) blocks halve the resolution, so the features are always 4x4.
+    The authors' `Discriminator_small` is ch_mult (2, 4, 8, 8) at 32 px (its first block keeps
+    the resolution), their `Discriminator_large` ch_mult (4, 8, 8, 8, 8, 8) at 256 px."""
+
+    def __init__(self,
+        image_size          = 32,               # Resolution of the input images.
+        in_channels         = 3,                # Channels of x_k.
+        channels            = 64,               # Base width (the authors' ngf); the input conv gives 2 channels.
+        ch_mult             = (2, 4, 8, 8),     # Output width of each block, in units of `channels`.
+        emb_dim             = 256,              # Width of the k embedding (the authors' t_emb_dim).
+        group_size          = 4,                # Minibatch-std group size (a divisor of the batch, see minibatch_std).
+        zero_final          = True,             # Start final_conv at ~0 (the authors' small D does, their large D not).
+    ):
+        super().__init__()
+        n_down = (image_size // 4).bit_length() - 1                          # halvings down to 4x4
+        if image_size != 4 * 2 ** n_down or n_down > len(ch_mult):
+            raise ValueError(f'image_size {image_size} must be 4 * 2^n with n <= len(ch_mult) = {len(ch_mult)}')
+        self.emb_dim, self.group_size = emb_dim, group_size
+        self.map_k = nn.Sequential(_init(nn.Linear(emb_dim, emb_dim)), nn.LeakyReLU(0.2), _init(nn.Linear(emb_dim, emb_dim)))
+        self.conv_in = _init(nn.Conv2d(in_channels, 2 * channels, 1))
+        widths = [2 * channels] + [channels * m for m in ch_mult]
+        self.blocks = nn.ModuleList(
+            DownBlock(widths[i], widths[i + 1], emb_dim, down=i >= len(ch_mult) - n_down) for i in range(len(ch_mult)))
+        self.conv_out = _init(nn.Conv2d(widths[-1] + 1, widths[-1], 3, padding=1), scale=0 if zero_final else 1)
+        self.linear_out = _init(nn.Linear(widths[-1], 1))
+
+    def forward(self, x_k, k):
+        emb = F.leaky_relu(self.map_k(timestep_embedding(k, self.emb_dim).to(x_k.dtype)), 0.2)
+        h = self.conv_in(x_k)
+        for block in self.blocks:
+            h = block(h, emb)
+        features = h                                                        # (B, ch_mult[-1] channels, 4, 4)
+        h = F.leaky_relu(self.conv_out(minibatch_std(h, self.group_size)), 0.2)
+        return self.linear_out(h.sum(dim=[2, 3])).squeeze(1), features
+
+
+class TransformNet(nn.Module):
+    """DSWD's learned projections: Linear(dim, dim), then each row scaled to unit length.
+    For images dim = 8192, the flattened 512 x 4 x 4 discriminator features."""
+
+    def __init__(self, dim=8192):
+        super().__init__()
+        self.linear = nn.Linear(dim, dim)
+
+    def forward(self, theta):
+        theta = self.linear(theta)                                          # (num_projections, dim)
+        return theta / theta.norm(dim=1, keepdim=True)
+
+
+# ----------------------------------------------------------------------------
+# Named configurations (paper Appendix B.1; the authors' README commands) and a builder.
+
+_D_SMALL = dict(ch_mult=(2, 4, 8, 8), zero_final=True)
+_D_LARGE = dict(ch_mult=(4, 8, 8, 8, 8, 8), zero_final=False)
+
+CONFIGS = {
+    'tiny': dict(       # CPU tests; the same widths as the parity fixture's networks.
+        G=dict(image_size=32, channels=16, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
+               nz=8, z_emb_dim=16, n_mlp=2),
+        D=dict(image_size=32, channels=8, emb_dim=16, **_D_SMALL)),
+    'cifar10': dict(
+        G=dict(image_size=32, channels=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
+               nz=100, z_emb_dim=256, n_mlp=4),
+        D=dict(image_size=32, channels=64, emb_dim=256, **_D_SMALL)),
+    'celeba256': dict(
+        G=dict(image_size=256, channels=64, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attn_resolutions=(16,),
+               nz=100, z_emb_dim=256, n_mlp=3),
+        D=dict(image_size=256, channels=64, emb_dim=256, **_D_LARGE)),
+}
+CONFIGS['lsun256'] = CONFIGS['celeba256']
+
+
+def build_networks(config, G_kwargs=None, D_kwargs=None):
+    """(G, D) of a named configuration; G_kwargs / D_kwargs override its constructor arguments,
+    e.g. build_networks('tiny', G_kwargs=dict(dropout=0.1)). Build under `with torch.device(...)`
+    to place them (the 'meta' device builds without memory)."""
+    if config not in CONFIGS:
+        raise KeyError(f'unknown configuration {config!r}; choose from {sorted(CONFIGS)}')
+    return (NCSNpp(**{**CONFIGS[config]['G'], **(G_kwargs or {})}),
+            Discriminator(**{**CONFIGS[config]['D'], **(D_kwargs or {})}))
+
+
+# ----------------------------------------------------------------------------
+# Converters from the authors' state dicts (Jae-Moo/RGM checkpoints, `module.` prefix or not).
+# Usage: G.load_state_dict(convert_authors_generator(G, torch.load('netG_1200.pth')))
+
+def _convert(net, theirs, rules):
+    """Apply `rules` {our key: (their keys, transform or None)}; every key on both sides is used
+    exactly once and every shape must match, else fail naming what differs."""
+    theirs = {key.removeprefix('module.'): value for key, value in theirs.items()}
+    ours = net.state_dict()
+    assert set(rules) == set(ours), 'converter rules do not cover the network'   # our own bug if raised
+    wanted = [key for src, _ in rules.values() for key in src]
+    missing, unexpected = [k for k in wanted if k not in theirs], sorted(set(theirs) - set(wanted))
+    if missing or unexpected:
+        raise KeyError(f'the state dict does not fit {type(net).__name__}: {len(missing)} keys missing '
+                       f'{missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}. Was it saved from '
+                       f'the authors\' network with the same configuration (ch_mult, n_mlp, ...)?')
+    out, bad = {}, []
+    for key, (src, fn) in rules.items():
+        tensors = [theirs[s] for s in src]
+        out[key] = fn(*tensors) if fn else tensors[0]
+        if out[key].shape != ours[key].shape:
+            bad.append(f'{src[0]} {[tuple(t.shape) for t in tensors]} -> {key} {tuple(ours[key].shape)}')
+    if bad:
+        raise ValueError(f'{len(bad)} shapes do not match {type(net).__name__} (wrong configuration?): '
+                         + '; '.join(bad[:5]))
+    return out
+
+
+def convert_authors_generator(G, state_dict):
+    """State dict for our NCSNpp `G` from the authors' NCSNpp (`netG_*.pth`, or content.pth's
+    'netG_dict'). Their attention NIN weights are (in, out) matrices: transposed into 1x1 convs."""
+    rules = {}
+
+    def same(ours, theirs, names=('weight', 'bias')):
+        rules.update({f'{ours}.{n}': ([f'{theirs}.{n}'], None) for n in names})
+
+    for i in range(1, 2 * G.n_mlp + 2, 2):                  # z_transform: PixelNorm, (Linear, SiLU) x (n_mlp + 1)
+        same(f'map_z.{i}', f'z_transform.{i}')
+    prefix = (f'all_modules.{i}' for i in range(10 ** 6))   # their flat module list, in forward order
+    same('map_k.0', next(prefix))
+    same('map_k.2', next(prefix))
+    same('conv_in', next(prefix))
+    for ours, block in [(f'enc.{n}', b) for n, b in G.enc.items()] + [(f'dec.{n}', b) for n, b in G.dec.items()]:
+        p = next(prefix)
+        if isinstance(block, PyramidDown):
+            same(f'{ours}.conv', f'{p}.Conv2d_0')
+            continue
+        same(f'{ours}.norm0.style', f'{p}.GroupNorm_0.style')
+        same(f'{ours}.conv0', f'{p}.Conv_0')
+        same(f'{ours}.dense_k', f'{p}.Dense_0')
+        same(f'{ours}.norm1.style', f'{p}.GroupNorm_1.style')
+        same(f'{ours}.conv1', f'{p}.Conv_1')
+        if block.skip is not None:
+            same(f'{ours}.skip', f'{p}.Conv_2')
+        if block.attn is not None:                           # their attention is the next module
+            p = next(prefix)
+            same(f'{ours}.attn.norm', f'{p}.GroupNorm_0')
+            rules[f'{ours}.attn.qkv.weight'] = ([f'{p}.NIN_{j}.W' for j in range(3)],
+                                                lambda *W: torch.cat([w.t() for w in W])[:, :, None, None])
+            rules[f'{ours}.attn.qkv.bias'] = ([f'{p}.NIN_{j}.b' for j in range(3)], lambda *b: torch.cat(b))
+            rules[f'{ours}.attn.proj.weight'] = ([f'{p}.NIN_3.W'], lambda W: W.t()[:, :, None, None])
+            rules[f'{ours}.attn.proj.bias'] = ([f'{p}.NIN_3.b'], None)
+    same('norm_out', next(prefix))
+    same('conv_out', next(prefix))
+    return _convert(G, state_dict, rules)
+
+
+def convert_authors_discriminator(D, state_dict):
+    """State dict for our Discriminator `D` from the authors' Discriminator_small / _large
+    (content.pth's 'netD_dict')."""
+    rules = {}
+
+    def same(ours, theirs, names=('weight', 'bias')):
+        rules.update({f'{ours}.{n}': ([f'{theirs}.{n}'], None) for n in names})
+
+    same('map_k.0', 't_embed.main.0')
+    same('map_k.2', 't_embed.main.2')
+    same('conv_in', 'start_conv')
+    for i in range(len(D.blocks)):
+        same(f'blocks.{i}.conv1', f'conv{i + 1}.conv1.0')
+        same(f'blocks.{i}.dense_k', f'conv{i + 1}.dense_t1')
+        same(f'blocks.{i}.conv2', f'conv{i + 1}.conv2.0')
+        same(f'blocks.{i}.skip', f'conv{i + 1}.skip.0', names=('weight',))
+    same('conv_out', 'final_conv')
+    same('linear_out', 'end_linear')
+    return _convert(D, state_dict, rules)
+
+
+# ----------------------------------------------------------------------------
+# `python models.py`: parameter counts and CPU/GPU timings of the named configurations.
+
+def _time(fn, reps):
+    """Median milliseconds per call of fn, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(reps):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def main(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    print(f'device {torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}, '
+          f'{torch.get_num_threads()} threads, torch {torch.__version__}, float32, median of {args.reps}\n')
+    print('| config | G params | D params | batch | G fwd (ms) | G fwd+bwd (ms) | D fwd (ms) | D fwd+bwd (ms) |')
+    print('|---|---|---|---|---|---|---|---|')
+    batches = args.batch * len(args.configs) if len(args.batch) == 1 else args.batch
+    for name, batch in zip(args.configs, batches):
+        torch.manual_seed(0)
+        G, D = (net.to(device) for net in build_networks(name))
+        res, nz = CONFIGS[name]['G']['image_size'], CONFIGS[name]['G']['nz']
+        x, z = torch.randn(batch, 3, res, res, device=device), torch.randn(batch, nz, device=device)
+        k = torch.randint(0, 4, (batch,), device=device)
+
+        def g_fwd():
+            with torch.no_grad():
+                G(x, k, z)
+
+        def d_fwd():
+            with torch.no_grad():
+                D(x, k)
+
+        times = [_time(g_fwd, args.reps), _time(lambda: G(x, k, z).square().mean().backward(), args.reps),
+                 _time(d_fwd, args.reps), _time(lambda: D(x, k)[0].mean().backward(), args.reps)]
+        count = lambda net: f'{sum(p.numel() for p in net.parameters()) / 1e6:.2f}M'
+        print(f'| {name} | {count(G)} | {count(D)} | {batch} | ' + ' | '.join(f'{t:.0f}' for t in times) + ' |')
+
+
+if __name__ == '__main__':
+    import argparse
+    parser = argparse.ArgumentParser(description='Parameter counts and timings of the image networks.')
+    parser.add_argument('--configs', nargs='+', default=['tiny', 'cifar10'], choices=sorted(CONFIGS))
+    parser.add_argument('--batch', nargs='+', type=int, default=[8], help='batch size (one, or one per config)')
+    parser.add_argument('--reps', type=int, default=3, help='timed repetitions (median) after one warm-up')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='CPU threads; 1 gives steady numbers on a shared machine, 0 keeps torch\'s default')
+    main(parser.parse_args())

@@ -4,7 +4,13 @@ Generators are called as ``G(x_next, k, z)``: ``x_next`` is the degraded sample 
 k+1 and ``k`` the *target* level (an int64 tensor of shape (B,)); G returns an estimate
 of the clean sample x0. Discriminators are called as ``D(x_k, k)`` on samples of level k.
 """
+import math
+import os
+import tempfile
+import time
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -73,11 +79,6 @@ class ToyDiscriminator(nn.Module):
 # networks run on any device, under bfloat16 autocast, with channels_last and torch.compile.
 # PyTorch cannot differentiate twice through a compiled graph: compute the R1 penalty with
 # the uncompiled D (torch.compile(D) shares its parameters).
-
-import math
-import time
-
-import torch.nn.functional as F
 
 
 def _init(layer, scale=1.0, chunks=1):
@@ -490,6 +491,68 @@ def convert_authors_discriminator(D, state_dict):
     same('conv_out', 'final_conv')
     same('linear_out', 'end_linear')
     return _convert(D, state_dict, rules)
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints: plain dicts of tensors, numbers, strings, lists and dicts, so that
+# torch.load(weights_only=True) reads them. Every network is rebuilt from the constructor
+# arguments stored beside its weights; no script types an architecture twice.
+#
+#   format      'rgm-v1'
+#   G_kwargs    NCSNpp(**G_kwargs);  D_kwargs: Discriminator(**D_kwargs)
+#   meta        schedule, K, discretisation, posterior, nz, image_size, channels (+ prior, ...)
+#   G, G_ema, D, transform   state dicts (transform: DSWD's TransformNet, or absent)
+#   + whatever the trainer needs to resume (optimisers, schedulers, step, epoch, config)
+
+CKPT_FORMAT = 'rgm-v1'
+
+
+def save_checkpoint(ckpt, path):
+    """Write atomically: a temporary file in the same folder, then a rename, so a crash never
+    leaves a half-written checkpoint under `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix='.pt')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path, map_location='cpu'):
+    """Read one of our checkpoints with weights_only=True; clear errors for missing, corrupt
+    or foreign files."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint {path!r} does not exist')
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:      # torch raises several types for truncated or foreign files
+        raise RuntimeError(f'{path!r} is not a readable checkpoint ({type(e).__name__}: {e}). '
+                           'Was it cut short? Use an earlier checkpoint of the run.') from e
+    if not isinstance(ckpt, dict) or ckpt.get('format') != CKPT_FORMAT:
+        raise ValueError(f'{path!r} is not an rgm checkpoint (format {CKPT_FORMAT!r}); for the authors\' '
+                         'released generators use convert_authors_generator')
+    return ckpt
+
+
+def load_generator(path, device='cpu', ema=True):
+    """Rebuild G from a checkpoint alone: returns (G in eval mode, meta)."""
+    ckpt = load_checkpoint(path)
+    key = 'G_ema' if ema else 'G'
+    if ckpt.get(key) is None:
+        raise KeyError(f'{path!r} holds no {"EMA " if ema else ""}generator weights ({key!r}); '
+                       f'try ema={not ema}' + (' (--no-ema)' if ema else ''))
+    G = NCSNpp(**ckpt['G_kwargs'])
+    try:
+        G.load_state_dict(ckpt[key])
+    except RuntimeError as e:
+        raise RuntimeError(f'{path!r}: weights do not fit the stored configuration: {e}') from e
+    return G.to(device).eval().requires_grad_(False), dict(ckpt['meta'])
 
 
 # ----------------------------------------------------------------------------

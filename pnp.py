@@ -306,17 +306,11 @@ def ssim(x, ref, K1=0.01, K2=0.03, data_range=1.0):
 # Command line: load the generator and the images, degrade, restore, score.
 
 def load_model(ckpt, authors_config=None, schedule='d', K=4, discretisation='original', device='cpu'):
-    """(G, meta): our checkpoint via models.load_generator, or the authors' released generator state
-    dict (netG_*.pth) converted by models.convert_authors_generator; then the forward process is ours to name."""
+    """(G, meta): our checkpoint, or the authors' released generator for a named configuration
+    (their files do not record the forward process, so it is named here)."""
     if authors_config is None:
         return models.load_generator(ckpt, device=device, ema=True)
-    config = models.CONFIGS[authors_config]['G']
-    G = models.NCSNpp(**config)
-    state = torch.load(ckpt, map_location='cpu', weights_only=True)
-    G.load_state_dict(models.convert_authors_generator(G, state.get('netG_dict', state)))
-    meta = dict(schedule=schedule, K=K, discretisation=discretisation, nz=config['nz'],
-                image_size=config['image_size'], channels=config.get('in_channels', 3), posterior=False)
-    return G.to(device).eval(), meta
+    return models.load_authors_generator(ckpt, authors_config, device, schedule, K, discretisation)
 
 
 def pil_to_model(im):

@@ -255,3 +255,29 @@ def test_torch_compile_matches_eager():
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(G)(x, k, z), G(x, k, z), rtol=0, atol=1e-5)
         torch.testing.assert_close(torch.compile(D)(x, k)[0], D(x, k)[0], rtol=0, atol=1e-4)
+
+
+def test_checkpoint_round_trip_and_clear_errors(tmp_path):
+    torch.manual_seed(0)
+    G, D = models.build_networks('tiny')
+    meta = dict(schedule='sr', K=7, discretisation='original', nz=8, image_size=32, channels=3, posterior=False)
+    ckpt = dict(format=models.CKPT_FORMAT, G_kwargs=models.CONFIGS['tiny']['G'], D_kwargs=models.CONFIGS['tiny']['D'],
+                meta=meta, G=G.state_dict(), G_ema=None, D=D.state_dict())
+    path = tmp_path / 'run' / 'ckpt.pt'
+    models.save_checkpoint(ckpt, path)
+    assert [p.name for p in path.parent.iterdir()] == ['ckpt.pt']          # no temporary file left
+    G2, meta2 = models.load_generator(path, ema=False)
+    assert meta2 == meta
+    x, k, z = torch.randn(2, 3, 32, 32), torch.tensor([0, 6]), torch.randn(2, 8)
+    with torch.no_grad():
+        assert torch.equal(G.eval()(x, k, z), G2(x, k, z))
+    with pytest.raises(KeyError, match='no EMA'):
+        models.load_generator(path, ema=True)
+    with pytest.raises(FileNotFoundError):
+        models.load_generator(tmp_path / 'missing.pt')
+    path.write_bytes(path.read_bytes()[:1000])                             # cut short
+    with pytest.raises(RuntimeError, match='not a readable checkpoint'):
+        models.load_checkpoint(path)
+    torch.save({'netG': 1}, tmp_path / 'other.pt')
+    with pytest.raises(ValueError, match='not an rgm checkpoint'):
+        models.load_checkpoint(tmp_path / 'other.pt')

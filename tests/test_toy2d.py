@@ -95,3 +95,11 @@ def test_main_writes_figure_samples_and_metrics(tmp_path):
     metrics = json.loads((tmp_path / 'metrics.json').read_text())
     assert set(metrics['results']) == {'data', *toy2d.METHODS}
     assert (tmp_path / 'toy2d.png').stat().st_size > 10_000
+
+
+def test_posterior_training_and_sampling_use_algorithm_1():
+    """With --posterior the fidelity is the forward step's likelihood and sampling draws
+    x_k ~ q(x_k | x_{k+1}, x0_hat); a short run gives finite samples on the data's scale."""
+    G, s = toy2d.train('kld', iters=200, posterior=True, seed=0, progress=False)
+    x = toy2d.sample_rgm(G, s, (2000, 2), G.nz, posterior=True)
+    assert torch.isfinite(x).all() and 0.5 < x.norm(dim=1).mean() < 4

@@ -21,15 +21,6 @@ def _fixture(name):
     return path
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """One thread: on a shared 2-core machine, a second OpenMP thread can slow these tiny networks 50x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def parity():
     return torch.load(_fixture('authors_parity_tiny.pt'), weights_only=True)

@@ -25,14 +25,6 @@ OPERATORS = [('denoise', (3, 4, 4)), ('sr2', (3, 4, 4)), ('sr2', (3, 8, 8)), ('s
              ('sr2', (2, 4, 6)), ('color', (3, 4, 4)), ('color', (3, 8, 8)), ('inpaint', (3, 4, 4))]
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=DT)
 

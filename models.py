@@ -4,6 +4,7 @@ Generators are called as ``G(x_next, k, z)``: ``x_next`` is the degraded sample 
 k+1 and ``k`` the *target* level (an int64 tensor of shape (B,)); G returns an estimate
 of the clean sample x0. Discriminators are called as ``D(x_k, k)`` on samples of level k.
 """
+import argparse
 import math
 import os
 import tempfile
@@ -555,6 +556,36 @@ def load_generator(path, device='cpu', ema=True):
     return G.to(device).eval().requires_grad_(False), dict(ckpt['meta'])
 
 
+def load_authors_generator(path, config, device='cpu', schedule='d', K=4, discretisation='original'):
+    """Rebuild G from the authors' released generator (netG_*.pth, or content.pth's 'netG_dict')
+    for a named configuration: returns (G in eval mode, meta) like load_generator. Their files do
+    not record the forward process, so it is named by the caller."""
+    if config not in CONFIGS:
+        raise KeyError(f'unknown configuration {config!r}; choose from {sorted(CONFIGS)}')
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'generator file {path!r} does not exist')
+    try:    # content.pth pickles the authors' argparse Namespace: allow that one class
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:      # torch raises several types for truncated or foreign files
+        raise RuntimeError(f'{path!r} is not a readable generator file ({type(e).__name__}: {e})') from e
+    if not isinstance(state, dict):
+        raise ValueError(f'{path!r} holds a {type(state).__name__}, not a generator state dict')
+    if state.get('format') == CKPT_FORMAT:
+        raise ValueError(f'{path!r} is one of our checkpoints, not an authors\' file: load it without a configuration')
+    G = NCSNpp(**CONFIGS[config]['G'])
+    G.load_state_dict(convert_authors_generator(G, state.get('netG_dict', state)))
+    meta = dict(schedule=schedule, K=K, discretisation=discretisation, posterior=False, nz=G.nz,
+                image_size=CONFIGS[config]['G']['image_size'], channels=CONFIGS[config]['G'].get('in_channels', 3))
+    return G.to(device).eval().requires_grad_(False), meta
+
+
+def to_uint8(x):
+    """Images in [-1, 1] -> uint8 in 0..255, rounded as torchvision's save_image rounds, so PNG
+    files, npz arrays and the images scored by FID hold the same values."""
+    return ((x + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8)
+
+
 # ----------------------------------------------------------------------------
 # `python models.py`: parameter counts and CPU/GPU timings of the named configurations.
 
@@ -604,7 +635,6 @@ def main(args):
 
 
 if __name__ == '__main__':
-    import argparse
     parser = argparse.ArgumentParser(description='Parameter counts and timings of the image networks.')
     parser.add_argument('--configs', nargs='+', default=['tiny', 'cifar10'], choices=sorted(CONFIGS))
     parser.add_argument('--batch', nargs='+', type=int, default=[8], help='batch size (one, or one per config)')

@@ -1,0 +1,347 @@
+"""Sampling from a trained RGM generator (Algorithm 3), the paper's figures, and FID / Inception Score.
+
+    python sample.py --ckpt runs/cifar10/ckpt.pt                  # 64 samples -> runs/cifar10/samples/samples.png
+    python sample.py --ckpt netG_1200.pth --authors-config cifar10 --figures    # the authors' released generator
+    torchrun --nproc_per_node 8 sample.py --ckpt ckpt.pt --num-samples 50000 --batch-size 500 --format npz --fid --is
+
+Samples come in chunks of --batch-size; chunk c is drawn with its own random generator seeded from
+(--seed, c), so the images depend on --seed and --batch-size, never on the number of processes.
+"""
+import argparse
+import datetime
+import hashlib
+import json
+import math
+import os
+import re
+import time
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch_fidelity
+import torchvision
+from PIL import Image
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+from tqdm import tqdm
+
+import models
+from schedules import SCHEDULES, make_schedule, sample_rgm
+
+
+def load_model(ckpt, ema=True, authors_config=None, schedule=None, K=None, discretisation=None, device='cpu'):
+    """(G, meta) from our checkpoint (EMA weights unless ema=False), or from the authors' generator
+    file when `authors_config` names its configuration (their files do not record the forward process)."""
+    if authors_config is None:
+        if (schedule, K, discretisation) != (None, None, None):
+            raise ValueError('--schedule/--K/--discretisation only go with --authors-config: '
+                             'our checkpoints record their forward process')
+        return models.load_generator(ckpt, device=device, ema=ema)
+    if not ema:
+        raise ValueError("--no-ema only applies to our checkpoints (the authors' netG_*.pth hold EMA weights)")
+    return models.load_authors_generator(ckpt, authors_config, device, schedule or 'd', K or 4,
+                                         discretisation or 'original')
+
+
+# ----------------------------------------------------------------------------
+# Algorithm 3 in chunks, one random generator per chunk, chunks shared out over the processes.
+
+def chunk_generator(seed, chunk, device='cpu'):
+    """The random generator of chunk `chunk`: an independent stream derived from (seed, chunk)."""
+    state = int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
+    return torch.Generator(device=device).manual_seed(state)
+
+
+@torch.no_grad()
+def generate(G, schedule, meta, n, batch_size=64, seed=0, noise_scale=0.999, rank=0, world_size=1, progress=False):
+    """n samples as uint8 (n, C, H, W) on rank 0 (None on the others). Chunk c holds samples
+    c*batch_size ... and is drawn by process c % world_size; rank 0 gathers them in order."""
+    device = next(G.parameters()).device
+    shape = (meta['channels'], meta['image_size'], meta['image_size'])
+    chunks = math.ceil(n / batch_size)
+    size = lambda c: max(0, min(batch_size, n - c * batch_size))       # samples in chunk c
+    out = []
+    with tqdm(total=n, unit='img', disable=not progress) as bar:
+        for first in range(0, chunks, world_size):                     # one chunk per process per round
+            c = first + rank
+            x = torch.zeros(batch_size, *shape, dtype=torch.uint8, device=device)
+            if size(c):
+                x0 = sample_rgm(G, schedule, (size(c), *shape), meta['nz'], device=device,
+                                posterior=meta['posterior'], noise_scale=noise_scale,
+                                generator=chunk_generator(seed, c, device))      # (B, C, H, W) in [-1, 1]
+                x[:size(c)] = models.to_uint8(x0)
+            parts = [x]
+            if world_size > 1:
+                parts = [torch.empty_like(x) for _ in range(world_size)]
+                dist.all_gather(parts, x)
+            out += [part[:size(first + r)].cpu() for r, part in enumerate(parts)] if rank == 0 else []
+            bar.update(sum(size(first + r) for r in range(world_size)))
+    return torch.cat(out) if rank == 0 else None
+
+
+def save_grid(images, path, nrow=None):
+    """uint8 images (N, C, H, W) -> one PNG grid, nrow images per row (default: a square)."""
+    grid = torchvision.utils.make_grid(images, nrow=nrow or math.ceil(math.sqrt(len(images))), padding=2)
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+
+
+def write_samples(images, out, fmt):
+    """Write uint8 samples as one grid, PNG files or an npz (never a lossy format: it biases FID)."""
+    if fmt == 'png':
+        (out / 'png').mkdir(exist_ok=True)
+        for i, image in enumerate(images.permute(0, 2, 3, 1).numpy()):            # (H, W, C)
+            Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(out / 'png' / f'{i:06d}.png')
+        return out / 'png'
+    if fmt == 'npz':    # key arr_0, (N, H, W, C): the layout of OpenAI's guided-diffusion evaluator
+        np.savez(out / 'samples.npz', arr_0=images.permute(0, 2, 3, 1).numpy())
+        return out / 'samples.npz'
+    save_grid(images, out / 'samples.png')
+    return out / 'samples.png'
+
+
+# ----------------------------------------------------------------------------
+# Figures: the sampling trajectory, and the role of z (paper Figure 5).
+
+@torch.no_grad()
+def trajectory_figure(G, schedule, meta, path, n=8, generator=None, noise_scale=0.999):
+    """One row per sample: x_K, ..., x_0 of Algorithm 3. Returns the list [x_K, ..., x_0]."""
+    device = next(G.parameters()).device
+    shape = (n, meta['channels'], meta['image_size'], meta['image_size'])
+    xs = sample_rgm(G, schedule, shape, meta['nz'], device=device, posterior=meta['posterior'],
+                    noise_scale=noise_scale, generator=generator, trajectory=True)
+    save_grid(models.to_uint8(torch.stack(xs, 1).flatten(0, 1)).cpu(), path, nrow=len(xs))   # (n (K+1), C, H, W)
+    return xs
+
+
+@torch.no_grad()
+def z_figure(G, schedule, meta, x0, path, n_z=4, generator=None):
+    """The role of z: the forward trajectory x_1..x_K of one image x0 (1, C, H, W), one shared noise,
+    each x_k restored as G(x_k, k-1, z) with n_z different z. Row k: x_k, then the restorations.
+    Returns the spread of the restorations (per-pixel std across z, averaged), one value per level."""
+    eps = torch.randn(x0.shape, device=x0.device, generator=generator)
+    rows, spread = [], []
+    for k in range(1, schedule.K + 1):
+        x_k = schedule.sample(x0, k, noise=eps)                                   # (1, C, H, W)
+        z = torch.randn(n_z, meta['nz'], device=x0.device, generator=generator)
+        level = torch.full((n_z,), k - 1, dtype=torch.long, device=x0.device)
+        x0_hat = G(x_k.expand(n_z, -1, -1, -1), level, z)          # G sees x_k and is told the target level k-1
+        rows += [x_k, x0_hat]
+        spread.append(x0_hat.std(0).mean())
+    save_grid(models.to_uint8(torch.cat(rows)).cpu(), path, nrow=1 + n_z)
+    return torch.stack(spread)
+
+
+# ----------------------------------------------------------------------------
+# FID and Inception Score through torch-fidelity (TF-Inception weights, as the papers report).
+
+def inception_weights(path=None):
+    """Path of the Inception weights torch-fidelity uses: `path` if given, else torch hub's copy,
+    downloaded there when absent. Offline, says which file to fetch and where to put it."""
+    hub = Path(torch.hub.get_dir()) / 'checkpoints' / os.path.basename(URL_INCEPTION_V3)
+    how = f'download {URL_INCEPTION_V3} and put it at {hub}, or pass --inception-weights PATH to that file'
+    if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'Inception weights {path!r} do not exist: {how}')
+        return str(path)
+    if not hub.is_file():
+        hub.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(URL_INCEPTION_V3, str(hub))
+        except urllib.error.URLError as e:
+            raise RuntimeError(f'the Inception weights are not on this machine and cannot be downloaded ({e}): {how}') from e
+    return str(hub)
+
+
+class Images(torch.utils.data.Dataset):
+    """uint8 images (N, C, H, W), as torch-fidelity reads them."""
+
+    def __init__(self, images):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f'expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}')
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i]
+
+
+def reference_input(reference, image_size, slot=2):
+    """torch-fidelity arguments for a reference set: 'cifar10' (its training set, as the paper),
+    a folder of images (resized and centre-cropped to image_size; statistics cached under a name
+    made from the folder, its file names and the size), or uint8 images (not cached)."""
+    if torch.is_tensor(reference):
+        return {f'input{slot}': Images(reference)}
+    if reference == 'cifar10':
+        if image_size != 32:
+            raise ValueError(f'the cifar10 reference holds 32x32 images, the samples are {image_size}x{image_size}')
+        return {f'input{slot}': 'cifar10-train'}
+    folder = Path(reference)
+    files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in ('.png', '.jpg', '.jpeg')) \
+        if folder.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f'reference {reference!r} is neither cifar10 nor a folder of .png/.jpg images')
+    key = hashlib.sha1('\n'.join([str(folder.resolve()), str(image_size), *files]).encode()).hexdigest()[:12]
+    name = re.sub(r'[^A-Za-z0-9_.-]', '_', f'folder-{folder.name}-{image_size}px-{key}')
+    return {f'input{slot}': str(folder), f'input{slot}_cache_name': name, 'samples_resize_and_crop': image_size}
+
+
+def _fidelity(**kwargs):
+    """torch_fidelity.calculate_metrics with our defaults, results under short names."""
+    kwargs = {'save_cpu_ram': True, 'verbose': False, **kwargs}
+    try:
+        m = torch_fidelity.calculate_metrics(**kwargs)
+    except urllib.error.URLError as e:      # a registered data set that is absent and cannot be downloaded
+        root = kwargs.get('datasets_root') or os.path.join(torch.hub.get_dir(), '..', 'fidelity_datasets')
+        raise RuntimeError(f'the reference data set is not on this machine and cannot be downloaded ({e}); '
+                           f'for CIFAR-10 put cifar-10-python.tar.gz into {os.path.normpath(root)} '
+                           '(or pass --data-dir)') from e
+    names = {'fid': torch_fidelity.KEY_METRIC_FID, 'is_mean': torch_fidelity.KEY_METRIC_ISC_MEAN,
+             'is_std': torch_fidelity.KEY_METRIC_ISC_STD}
+    return {name: m[key] for name, key in names.items() if key in m}
+
+
+def fidelity_metrics(images, reference=None, isc=False, device='cpu', **kwargs):
+    """FID against `reference` (see reference_input; None: no FID) and/or the Inception Score
+    (isc=True) of uint8 images (N, 3, H, W). Returns {'fid', 'is_mean', 'is_std'}, those computed.
+    kwargs go to torch-fidelity: feature_extractor, feature_extractor_weights_path, batch_size,
+    cache_root, datasets_root, isc_splits, verbose."""
+    if isc and len(images) < kwargs.get('isc_splits', 10):
+        raise ValueError(f"the Inception Score averages over {kwargs.get('isc_splits', 10)} splits: "
+                         f'it needs at least that many samples, got {len(images)}')
+    if reference is not None:
+        kwargs.update(reference_input(reference, images.shape[-1]))
+    return _fidelity(input1=Images(images), isc=isc, fid=reference is not None,
+                     cuda=torch.device(device).type == 'cuda', **kwargs)
+
+
+def cache_reference(reference, image_size, device='cpu', **kwargs):
+    """Compute and cache the reference's features and statistics once, before sampling (so a missing
+    data set fails early); returns the reference's own Inception Score."""
+    kwargs.update(reference_input(reference, image_size, slot=1))
+    kwargs.update(reference_input(reference, image_size, slot=2))
+    return _fidelity(isc=True, fid=True, cuda=torch.device(device).type == 'cuda', **kwargs)['is_mean']
+
+
+# ----------------------------------------------------------------------------
+# Command line.
+
+def setup_distributed(device):
+    """(rank, world_size, device). Under torchrun: one process per device, NCCL on GPU, gloo on CPU."""
+    device = torch.device(device)
+    if 'RANK' not in os.environ:
+        return 0, 1, device
+    if device.type == 'cuda':
+        device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
+        torch.cuda.set_device(device)
+    # Long timeout: the other processes wait while rank 0 caches the reference statistics.
+    dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', timeout=datetime.timedelta(hours=2))
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def main(args):
+    wall = time.perf_counter()
+    rank, world_size, device = setup_distributed(args.device)
+    master = rank == 0
+    G, meta = load_model(args.ckpt, not args.no_ema, args.authors_config, args.schedule, args.K,
+                         args.discretisation, device)
+    schedule = make_schedule(meta['schedule'], meta['K'], meta['discretisation'])
+    schedule.check_shape((1, meta['channels'], meta['image_size'], meta['image_size']))
+    out = Path(args.out or Path(args.ckpt).resolve().parent / 'samples')
+    summary = dict(ckpt=str(args.ckpt), ema=not args.no_ema, schedule=meta['schedule'], nfe=schedule.K,
+                   posterior=meta['posterior'], noise_scale=args.noise_scale, seed=args.seed, n=args.n,
+                   batch_size=args.batch_size, world_size=world_size, device=str(device))
+
+    # ---- FID / IS set-up on rank 0, before sampling: weights, reference statistics (cached once) ----
+    reference = args.reference or (meta.get('dataset') if meta.get('dataset') == 'cifar10' else None)
+    metric_kwargs = {}
+    if master and (args.fid or args.is_):
+        if meta['channels'] != 3:
+            raise ValueError(f"FID and IS need RGB images; this model makes {meta['channels']}-channel images")
+        if args.fid and reference is None:
+            raise ValueError('--fid needs --reference: cifar10 (the training set) or a folder of images')
+        if args.is_ and args.n < 10:
+            raise ValueError(f'the Inception Score averages over 10 splits: --n must be at least 10, got {args.n}')
+        metric_kwargs = dict(feature_extractor_weights_path=inception_weights(args.inception_weights),
+                             cache_root=args.fid_cache, datasets_root=args.data_dir, verbose=True, device=device,
+                             batch_size=min(args.batch_size, 250))     # Inception runs at 299x299: smaller batches
+        if args.fid:
+            summary.update(reference=str(reference), reference_is=cache_reference(
+                reference, meta['image_size'], **metric_kwargs))
+            print(f"reference {reference}: statistics cached, its IS {summary['reference_is']:.2f}")
+    if world_size > 1:
+        dist.barrier()
+
+    # ---- sampling (Algorithm 3), sharded over the processes ----
+    if master:
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"sampling {args.n} images with {meta['schedule']} K={schedule.K} (NFE {schedule.K}) "
+              f'on {world_size} process(es), {device}')
+    tic = time.perf_counter()
+    images = generate(G, schedule, meta, args.n, args.batch_size, args.seed, args.noise_scale, rank, world_size,
+                      progress=master)
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    summary.update(sampling_seconds=time.perf_counter() - tic)
+    if world_size > 1:
+        dist.destroy_process_group()
+    if not master:
+        return
+
+    # ---- outputs, figures, metrics (rank 0) ----
+    print(f'wrote {write_samples(images, out, args.format)}')
+    if args.format != 'grid':
+        save_grid(images[:64], out / 'samples.png')
+    if args.figures:
+        gen = chunk_generator(args.seed, 0, device)
+        xs = trajectory_figure(G, schedule, meta, out / 'trajectory.png', n=8, generator=gen,
+                               noise_scale=args.noise_scale)
+        spread = z_figure(G, schedule, meta, xs[-1][:1], out / 'z_role.png', n_z=4, generator=gen)
+        summary.update(z_spread_per_level=spread.tolist())
+        print(f"wrote {out / 'trajectory.png'} and {out / 'z_role.png'}; spread of G(x_k, k-1, z) across z, "
+              'k = 1..K: ' + ' '.join(f'{s:.3f}' for s in spread.tolist()))
+    if args.fid or args.is_:
+        summary.update(fidelity_metrics(images, reference if args.fid else None, isc=args.is_, **metric_kwargs))
+    summary.update(images_per_second=args.n / summary['sampling_seconds'], wall_seconds=time.perf_counter() - wall)
+    (out / 'metrics.json').write_text(json.dumps(summary, indent=2))
+    shown = [f'{k} {summary[k]:.3f}' for k in ('fid', 'is_mean', 'is_std') if k in summary]
+    print(' | '.join(shown + [f"NFE {summary['nfe']}", f'{args.n} samples',
+                              f"{summary['images_per_second']:.1f} images/s",
+                              f"wall {summary['wall_seconds']:.1f} s"]) + f" -> {out / 'metrics.json'}")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description='Sample from an RGM generator (Algorithm 3); figures; FID and IS.')
+    p.add_argument('--ckpt', required=True, help="our checkpoint, or the authors' netG_*.pth with --authors-config")
+    p.add_argument('--no-ema', action='store_true', help='use the raw generator weights instead of the EMA ones')
+    p.add_argument('--authors-config', choices=sorted(models.CONFIGS), help="read --ckpt as the authors' generator")
+    p.add_argument('--schedule', choices=sorted(SCHEDULES), help='with --authors-config (default d)')
+    p.add_argument('--K', type=int, help='with --authors-config: levels it was trained with (default 4)')
+    p.add_argument('--discretisation', choices=['original', 'square', 'geometric'],
+                   help='with --authors-config (default original)')
+    p.add_argument('--n', '--num-samples', dest='n', type=int, default=64,
+                   help='number of samples (under torchrun write --num-samples: torchrun takes --n for its own)')
+    p.add_argument('--batch-size', type=int, default=64,
+                   help='samples per chunk and per network call; with --seed it fixes the images')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--noise-scale', type=float, default=0.999, help='scale of the fresh forward noise (authors 0.999; posterior-trained models draw from q(x_k | x_{k+1}, x0_hat) unscaled)')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--out', help='output folder (default: samples/ beside the checkpoint)')
+    p.add_argument('--format', default='grid', choices=['grid', 'png', 'npz'],
+                   help='one PNG grid, one PNG per sample, or samples.npz (uint8); never JPEG')
+    p.add_argument('--figures', action='store_true', help='also write trajectory.png and z_role.png')
+    p.add_argument('--fid', action='store_true', help='FID against the --reference set')
+    p.add_argument('--is', dest='is_', action='store_true', help='Inception Score')
+    p.add_argument('--reference', help='cifar10 (training set) or a folder of images (default: the checkpoint\'s '
+                                       'data set when that is cifar10)')
+    p.add_argument('--inception-weights', help=f'local copy of {URL_INCEPTION_V3} (for machines without internet)')
+    p.add_argument('--data-dir', help="where torch-fidelity keeps CIFAR-10 (default $TORCH_HOME/fidelity_datasets)")
+    p.add_argument('--fid-cache', help='cache of reference statistics (default $TORCH_HOME/fidelity_cache)')
+    return p
+
+
+if __name__ == '__main__':
+    main(build_parser().parse_args())

@@ -99,7 +99,8 @@ def test_main_writes_figure_samples_and_metrics(tmp_path):
 
 def test_posterior_training_and_sampling_use_algorithm_1():
     """With --posterior the fidelity is the forward step's likelihood and sampling draws
-    x_k ~ q(x_k | x_{k+1}, x0_hat); a short run gives finite samples on the data's scale."""
-    G, s = toy2d.train('kld', iters=200, posterior=True, seed=0, progress=False)
-    x = toy2d.sample_rgm(G, s, (2000, 2), G.nz, posterior=True)
-    assert torch.isfinite(x).all() and 0.5 < x.norm(dim=1).mean() < 4
+    x_k ~ q(x_k | x_{k+1}, x0_hat); a short run already puts the samples on the data's circle
+    of radius 2 and reaches every mode (it starts more slowly than Algorithm 2)."""
+    G, s = toy2d.train('kld', iters=2500, posterior=True, seed=0, progress=False)
+    x = toy2d.sample_rgm(G, s, (5000, 2), G.nz, posterior=True)
+    assert 1.6 < x.norm(dim=1).mean() < 2.4 and toy2d.evaluate(x, '8gaussians')['modes'] == 8

@@ -205,6 +205,7 @@ def plot(columns, K, path):
 # ----------------------------------------------------------------------------
 
 def main(args):
+    torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     methods = list(METHODS) if args.prior == 'all' else [args.prior]
     if args.posterior and 'mmse' in methods and args.prior != 'all':
@@ -256,5 +257,7 @@ if __name__ == '__main__':
     p.add_argument('--n-samples', type=int, default=10000, help='samples drawn for figure and metrics')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default='cpu')
+    p.add_argument('--threads', type=int, default=1,
+                   help='CPU threads; these small networks run fastest on one (bench/toy2d.py)')
     p.add_argument('--out', default='runs/toy2d', help='output folder')
     main(p.parse_args())

@@ -87,7 +87,7 @@ def test_bad_arguments():
 def test_main_writes_figure_samples_and_metrics(tmp_path):
     args = argparse.Namespace(prior='all', dataset='8gaussians', K=2, iters=5, batch_size=100,
                               lam=None, nz=2, posterior=False, n_samples=5000, seed=0,
-                              device='cpu', out=str(tmp_path))
+                              device='cpu', threads=1, out=str(tmp_path))
     toy2d.main(args)
     for method in toy2d.METHODS:
         x = np.load(tmp_path / f'samples_{method}.npy')

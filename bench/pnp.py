@@ -15,24 +15,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import median_seconds   # noqa: E402
 import models       # noqa: E402
 import pnp          # noqa: E402
 import schedules    # noqa: E402
-
-
-def seconds(fn, reps, device):
-    """Median wall time of fn() after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(reps):
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        tic = time.perf_counter()
-        fn()
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - tic)
-    return sorted(times)[len(times) // 2]
 
 
 def main(args):
@@ -56,8 +42,8 @@ def main(args):
         x = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
         y = pnp.degrade(x, op, pnp.sigma_to_unit(args.sigma_y))
         denoise = pnp.rgm_denoiser(G, schedule, nz)
-        t_id = seconds(lambda: pnp.drs(y, op, lambda v, j: v, **settings), args.reps, device) / args.batch
-        t_rgm = seconds(lambda: pnp.drs(y, op, denoise, **settings), args.reps, device) / args.batch
+        t_id = median_seconds(lambda: pnp.drs(y, op, lambda v, j: v, **settings), args.reps, device) / args.batch
+        t_rgm = median_seconds(lambda: pnp.drs(y, op, denoise, **settings), args.reps, device) / args.batch
         calls = settings['M'] * settings['J']
         print(f"| {task} | {settings['M']} | {settings['J']} | {calls} | {1e3 * t_id:.2f} | "
               f'{1e3 * t_rgm:.1f} | {1e3 * t_rgm / calls:.2f} |')

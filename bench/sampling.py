@@ -13,22 +13,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import median_seconds   # noqa: E402
 import models                                                   # noqa: E402
 from schedules import make_schedule, sample_rgm                 # noqa: E402
-
-
-def seconds(fn, reps, device):
-    """Median wall time of fn() over reps calls (after the caller's warm-up)."""
-    times = []
-    for _ in range(reps):
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        tic = time.perf_counter()
-        fn()
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - tic)
-    return sorted(times)[len(times) // 2]
 
 
 def main(args):
@@ -53,7 +40,7 @@ def main(args):
         with torch.no_grad():                                               # warm-up: one call at this batch size
             G(torch.randn(n, 3, size, size, device=device), torch.zeros(n, dtype=torch.long, device=device),
               torch.randn(n, nz, device=device))
-        t = seconds(lambda: sample_rgm(G, schedule, (n, 3, size, size), nz, device=device), reps, device)
+        t = median_seconds(lambda: sample_rgm(G, schedule, (n, 3, size, size), nz, device=device), reps, device, warmup=False)
         print(f'| {label} | {process} | {K} | {n} | {reps} | {t:.3f} | {n / t:.1f} | {1e3 * t / K:.1f} |')
     if n_long != args.n:
         print(f'\nThe {args.steps}-step row ran on {n_long} samples to save time; at its images/s, {args.n} samples '

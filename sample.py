@@ -1,6 +1,6 @@
 """Sampling from a trained RGM generator (Algorithm 3), the paper's figures, and FID / Inception Score.
 
-    python sample.py --ckpt runs/cifar10/ckpt.pt                  # 64 samples -> runs/cifar10/samples/samples.png
+    python sample.py --ckpt runs/kld_d/checkpoints/ckpt_00200000.pt   # 64 samples -> a PNG grid (the path is printed)
     python sample.py --ckpt netG_1200.pth --authors-config cifar10 --figures    # the authors' released generator
     torchrun --nproc_per_node 8 sample.py --ckpt ckpt.pt --num-samples 50000 --batch-size 500 --format npz --fid --is
 

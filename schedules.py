@@ -12,7 +12,6 @@ A forward process maps clean data x0 to level k in {0..K}: level 0 is clean, lev
 `k` is an int64 tensor of shape (B,) (one level per sample) or a Python int.
 Scripts pick a process through the registry `SCHEDULES`.
 """
-import math
 
 import torch
 import torch.nn.functional as F

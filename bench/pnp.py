@@ -9,7 +9,6 @@ does not depend on its weights). M and J are the Table 6 settings of each task (
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch

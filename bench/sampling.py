@@ -7,7 +7,6 @@ on its weights, so an untrained NCSN++ of the named configuration is timed.
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch

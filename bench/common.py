@@ -19,3 +19,16 @@ def median_seconds(fn, reps, device, warmup=True):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - tic)
     return sorted(times)[len(times) // 2]
+
+
+def untrained_generator(args):
+    """Seeded, untrained NCSN++ of configuration `args.config` on `args.device` (timing only)."""
+    import models
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    config = models.CONFIGS[args.config]['G']
+    with torch.device(device):
+        G = models.NCSNpp(**config).eval().requires_grad_(False)
+    return G, device, config['image_size'], config['nz']

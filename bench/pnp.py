@@ -14,21 +14,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import median_seconds   # noqa: E402
+from common import median_seconds, untrained_generator   # noqa: E402
 import models       # noqa: E402
 import pnp          # noqa: E402
 import schedules    # noqa: E402
 
 
 def main(args):
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    config = models.CONFIGS[args.config]['G']
-    size, nz = config['image_size'], config['nz']
-    with torch.device(device):
-        G = models.NCSNpp(**config).eval()
+    G, device, size, nz = untrained_generator(args)
     schedule = schedules.make_schedule('d', K=4)
     name = torch.cuda.get_device_name() if device.type == 'cuda' else f'cpu, {torch.get_num_threads()} threads'
     print(f'{name}, torch {torch.__version__}, NCSN++ {args.config} ({size}x{size}, '

@@ -12,20 +12,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import median_seconds   # noqa: E402
+from common import median_seconds, untrained_generator   # noqa: E402
 import models                                                   # noqa: E402
 from schedules import make_schedule, sample_rgm                 # noqa: E402
 
 
 def main(args):
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    config = models.CONFIGS[args.config]['G']
-    size, nz = config['image_size'], config['nz']
-    with torch.device(device):
-        G = models.NCSNpp(**config).eval().requires_grad_(False)
+    G, device, size, nz = untrained_generator(args)
     name = torch.cuda.get_device_name() if device.type == 'cuda' else f'cpu, {torch.get_num_threads()} threads'
     print(f'{name}, torch {torch.__version__}, NCSN++ {args.config} ({size}x{size}, '
           f'{sum(p.numel() for p in G.parameters()) / 1e6:.2f}M params), float32, one batch per run\n')

@@ -58,7 +58,7 @@ DATASETS = {'8gaussians': _mixture('8gaussians'), '25gaussians': _mixture('25gau
 
 # Per-method defaults, tuned on a 2-core CPU (see README): iterations, batch size and the
 # fidelity weight lam. The paper trains with batch 1000; MMD's cost grows with the square of
-# the batch, and twice the steps at batch 500 cover the modes better in half the time.
+# the batch, and twice the steps at batch 500 cover the modes better in less time.
 METHODS = {
     'kld':  dict(iters=15000, batch_size=1000, lam=0.1),
     'mmd':  dict(iters=10000, batch_size=500,  lam=0.05),

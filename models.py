@@ -583,6 +583,20 @@ def load_authors_generator(path, config, device='cpu', schedule='d', K=4, discre
     return G.to(device).eval().requires_grad_(False), meta
 
 
+def open_generator(path, device='cpu', ema=True, authors_config=None, schedule=None, K=None, discretisation=None):
+    """(G, meta) for the command lines: our checkpoint (EMA weights unless ema=False), or the
+    authors' generator file when `authors_config` names its configuration (their files do not
+    record the forward process: schedule, K, discretisation default to d, 4, original)."""
+    if authors_config is None:
+        if (schedule, K, discretisation) != (None, None, None):
+            raise ValueError('--schedule/--K/--discretisation only go with --authors-config: '
+                             'our checkpoints record their forward process')
+        return load_generator(path, device=device, ema=ema)
+    if not ema:
+        raise ValueError("--no-ema only applies to our checkpoints (the authors' netG_*.pth hold EMA weights)")
+    return load_authors_generator(path, authors_config, device, schedule or 'd', K or 4, discretisation or 'original')
+
+
 def to_uint8(x):
     """Images in [-1, 1] -> uint8 in 0..255, rounded as torchvision's save_image rounds, so PNG
     files, npz arrays and the images scored by FID hold the same values."""

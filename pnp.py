@@ -305,12 +305,9 @@ def ssim(x, ref, K1=0.01, K2=0.03, data_range=1.0):
 # ----------------------------------------------------------------------------
 # Command line: load the generator and the images, degrade, restore, score.
 
-def load_model(ckpt, authors_config=None, schedule='d', K=4, discretisation='original', device='cpu'):
-    """(G, meta): our checkpoint, or the authors' released generator for a named configuration
-    (their files do not record the forward process, so it is named here)."""
-    if authors_config is None:
-        return models.load_generator(ckpt, device=device, ema=True)
-    return models.load_authors_generator(ckpt, authors_config, device, schedule, K, discretisation)
+def load_model(ckpt, authors_config=None, schedule=None, K=None, discretisation=None, device='cpu'):
+    """(G, meta) with EMA weights: see models.open_generator."""
+    return models.open_generator(ckpt, device, True, authors_config, schedule, K, discretisation)
 
 
 def pil_to_model(im):
@@ -421,10 +418,10 @@ def build_parser():
     parser.add_argument('--task', required=True, choices=sorted(TASKS))
     parser.add_argument('--ckpt', required=True, help='our checkpoint, or the authors\' netG_*.pth with --authors-config')
     parser.add_argument('--authors-config', choices=sorted(models.CONFIGS), help='read --ckpt as the authors\' generator')
-    parser.add_argument('--schedule', default='d', choices=sorted(schedules.SCHEDULES), help='with --authors-config')
-    parser.add_argument('--K', type=int, default=4, help='with --authors-config: number of levels it was trained with')
-    parser.add_argument('--discretisation', default='original', choices=['original', 'square', 'geometric'],
-                        help='with --authors-config')
+    parser.add_argument('--schedule', choices=sorted(schedules.SCHEDULES), help='with --authors-config (default d)')
+    parser.add_argument('--K', type=int, help='with --authors-config: number of levels it was trained with (default 4)')
+    parser.add_argument('--discretisation', choices=['original', 'square', 'geometric'],
+                        help='with --authors-config (default original)')
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--dataset', choices=['cifar10'], help='test split, read from --data-dir (no download)')
     source.add_argument('--folder', help='a folder of clean images (.png/.jpg/.jpeg/.bmp, sorted by name)')

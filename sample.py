@@ -32,17 +32,8 @@ from schedules import SCHEDULES, make_schedule, sample_rgm
 
 
 def load_model(ckpt, ema=True, authors_config=None, schedule=None, K=None, discretisation=None, device='cpu'):
-    """(G, meta) from our checkpoint (EMA weights unless ema=False), or from the authors' generator
-    file when `authors_config` names its configuration (their files do not record the forward process)."""
-    if authors_config is None:
-        if (schedule, K, discretisation) != (None, None, None):
-            raise ValueError('--schedule/--K/--discretisation only go with --authors-config: '
-                             'our checkpoints record their forward process')
-        return models.load_generator(ckpt, device=device, ema=ema)
-    if not ema:
-        raise ValueError("--no-ema only applies to our checkpoints (the authors' netG_*.pth hold EMA weights)")
-    return models.load_authors_generator(ckpt, authors_config, device, schedule or 'd', K or 4,
-                                         discretisation or 'original')
+    """(G, meta): see models.open_generator."""
+    return models.open_generator(ckpt, device, ema, authors_config, schedule, K, discretisation)
 
 
 # ----------------------------------------------------------------------------

@@ -34,7 +34,6 @@ import warnings
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 import torchvision
 from PIL import Image
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -154,13 +153,31 @@ def make_prior(name, critic, features, device, bandwidths, projections, inner_st
                        inner_steps=inner_steps, lr=lr, betas=ADAM_BETAS)
 
 
+class _Gather(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums every rank's gradient of the global batch and
+    keeps this rank's slice (equal local batches on all ranks, as all_gather needs anyway)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad.chunk(dist.get_world_size())[dist.get_rank()]
+
+
 def gather(x):
     """Concatenate x over all ranks along dim 0, keeping gradients: every rank then computes MMD/DSWD
-    on the global batch; the all-gather's backward sums each rank's gradient into the local slice,
-    and DDP's averaging makes the generator's gradient that of the single-process global batch."""
+    on the global batch; the gather's backward sums each rank's gradient into the local slice,
+    and DDP's averaging makes the generator's gradient that of the single-process global batch.
+    (torch.distributed.nn.functional.all_gather does this too, but recent PyTorch deprecates it.)"""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return x
-    return torch.cat(dist_fn.all_gather(x.contiguous()), dim=0)
+    return _Gather.apply(x.contiguous())
 
 
 def prior_term(prior, D, x_k, x_k_hat, k, shared=None, autocast=contextlib.nullcontext):

@@ -325,63 +325,71 @@ def test_torchrun_two_gloo_ranks_restart_after_a_killed_worker(tmp_path):
 
 
 DIST_SCRIPT = textwrap.dedent('''
-    import copy, sys
+    import copy, gc, sys
     import torch, torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
     import losses, models, train_images as ti
     from schedules import make_schedule
 
-    dist.init_process_group('gloo')
-    rank, W = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(0)
-    B, F = 8, 12
-    x_real, x_in = torch.randn(B, F), torch.randn(B, F)
-    mine = slice(rank * B // W, (rank + 1) * B // W)
-    out = {}
-    for name in ['mmd', 'dswd']:
-        torch.manual_seed(1)
-        net = torch.nn.Linear(F, F)                      # stands in for D's features of G's output
-        prior = losses.MMD((1.0, 2.0, 4.0)) if name == 'mmd' else losses.DSWD(models.TransformNet(F), 6, inner_steps=3)
-        ref_net, ref_prior = copy.deepcopy(net), copy.deepcopy(prior)     # one process, the global batch
-        ddp = DDP(net)
-        D = lambda x, k: (None, ddp(x))                  # prior_term takes D's features
-        shared = torch.Generator().manual_seed(7)
-        value = ti.prior_term(prior, D, x_real[mine], x_in[mine], None, shared)
-        value.backward()                                  # DDP averages the gradient over ranks
-        with torch.no_grad():
-            f_real = ref_net(x_real)
-        ref = ref_prior(f_real, ref_net(x_in), generator=torch.Generator().manual_seed(7)) \\
-            if name == 'dswd' else ref_prior(f_real, ref_net(x_in))
-        ref.backward()
-        out[name] = dict(value=value.item(), ref=ref.item(), grad=net.weight.grad.clone(), ref_grad=ref_net.weight.grad)
-        if name == 'dswd':
-            w = [torch.zeros_like(prior.transform.linear.weight) for _ in range(W)]
-            dist.all_gather(w, prior.transform.linear.weight.detach())
-            out[name].update(transform=w, ref_transform=ref_prior.transform.linear.weight.detach())
+    def main():
+        """Everything that holds DDP or gloo state lives in here and is freed before teardown."""
+        rank, W = dist.get_rank(), dist.get_world_size()
+        torch.manual_seed(0)
+        B, F = 8, 12
+        x_real, x_in = torch.randn(B, F), torch.randn(B, F)
+        mine = slice(rank * B // W, (rank + 1) * B // W)
+        out = {}
+        for name in ['mmd', 'dswd']:
+            torch.manual_seed(1)
+            net = torch.nn.Linear(F, F)                      # stands in for D's features of G's output
+            prior = (losses.MMD((1.0, 2.0, 4.0)) if name == 'mmd'
+                     else losses.DSWD(models.TransformNet(F), 6, inner_steps=3))
+            ref_net, ref_prior = copy.deepcopy(net), copy.deepcopy(prior)     # one process, the global batch
+            ddp = DDP(net)
+            D = lambda x, k: (None, ddp(x))                  # prior_term takes D's features
+            shared = torch.Generator().manual_seed(7)
+            value = ti.prior_term(prior, D, x_real[mine], x_in[mine], None, shared)
+            value.backward()                                  # DDP averages the gradient over ranks
+            with torch.no_grad():
+                f_real = ref_net(x_real)
+            ref = ref_prior(f_real, ref_net(x_in), generator=torch.Generator().manual_seed(7)) \\
+                if name == 'dswd' else ref_prior(f_real, ref_net(x_in))
+            ref.backward()
+            out[name] = dict(value=value.item(), ref=ref.item(), grad=net.weight.grad.clone(),
+                             ref_grad=ref_net.weight.grad)
+            if name == 'dswd':
+                w = [torch.zeros_like(prior.transform.linear.weight) for _ in range(W)]
+                dist.all_gather(w, prior.transform.linear.weight.detach())
+                out[name].update(transform=w, ref_transform=ref_prior.transform.linear.weight.detach())
 
-    # One full train_step under DDP with the DSWD prior: the level k of the G step is shared.
-    torch.manual_seed(0)
-    G = DDP(models.NCSNpp(**dict(image_size=16, channels=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
-                                 nz=4, z_emb_dim=8, n_mlp=1)))
-    Dm = models.Discriminator(image_size=16, channels=4, ch_mult=(2, 4), emb_dim=8)
-    D = DDP(Dm)
-    opt_G, opt_D = (torch.optim.Adam(n.parameters(), 1e-3) for n in (G, D))
-    prior = losses.DSWD(models.TransformNet(256), 8, inner_steps=2)
-    seen, real_fid = [], losses.fidelity
-    losses.fidelity = lambda *a: seen.append(a[2]) or real_fid(*a)
-    torch.manual_seed(10 + rank)                         # different data and noise on each rank
-    terms = ti.train_step(G, D, opt_G, opt_D, torch.rand(4, 3, 16, 16) * 2 - 1, make_schedule('d', 4), losses.KLD(),
-                          prior, 0, 1e-3, 4, D_frozen=Dm, shared=torch.Generator().manual_seed(3))
-    k = [torch.zeros_like(seen[0]) for _ in range(W)]
-    dist.all_gather(k, seen[0])
-    p = [torch.zeros(1) for _ in range(W)]
-    dist.all_gather(p, terms['prior'].reshape(1))
-    weights = torch.cat([v.flatten() for net in (G.module, Dm, prior.transform) for v in net.state_dict().values()])
-    w = [torch.zeros_like(weights) for _ in range(W)]
-    dist.all_gather(w, weights)
-    out['step'] = dict(k=k, prior=p, weights=w)
-    if rank == 0:
-        torch.save(out, sys.argv[1])
+        # One full train_step under DDP with the DSWD prior: the level k of the G step is shared.
+        torch.manual_seed(0)
+        G = DDP(models.NCSNpp(**dict(image_size=16, channels=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                                     nz=4, z_emb_dim=8, n_mlp=1)))
+        Dm = models.Discriminator(image_size=16, channels=4, ch_mult=(2, 4), emb_dim=8)
+        D = DDP(Dm)
+        opt_G, opt_D = (torch.optim.Adam(n.parameters(), 1e-3) for n in (G, D))
+        prior = losses.DSWD(models.TransformNet(256), 8, inner_steps=2)
+        seen, real_fid = [], losses.fidelity
+        losses.fidelity = lambda *a: seen.append(a[2]) or real_fid(*a)
+        torch.manual_seed(10 + rank)                         # different data and noise on each rank
+        terms = ti.train_step(G, D, opt_G, opt_D, torch.rand(4, 3, 16, 16) * 2 - 1, make_schedule('d', 4), losses.KLD(),
+                              prior, 0, 1e-3, 4, D_frozen=Dm, shared=torch.Generator().manual_seed(3))
+        k = [torch.zeros_like(seen[0]) for _ in range(W)]
+        dist.all_gather(k, seen[0])
+        p = [torch.zeros(1) for _ in range(W)]
+        dist.all_gather(p, terms['prior'].reshape(1))
+        weights = torch.cat([v.flatten() for net in (G.module, Dm, prior.transform) for v in net.state_dict().values()])
+        w = [torch.zeros_like(weights) for _ in range(W)]
+        dist.all_gather(w, weights)
+        out['step'] = dict(k=k, prior=p, weights=w)
+        if rank == 0:
+            torch.save(out, sys.argv[1])
+
+    dist.init_process_group('gloo')
+    main()
+    gc.collect()
+    dist.barrier()                                       # both ranks done before either leaves the group
     dist.destroy_process_group()
 ''')
 

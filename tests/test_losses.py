@@ -168,6 +168,8 @@ def test_sliced_wasserstein_closed_form():
     # a shift moves every sorted projection by c . theta: SW_2^2 = mean_l n (c . theta_l)^2
     want = math.sqrt((200 * (theta @ c) ** 2).mean().item())
     assert losses.sliced_wasserstein(x, x + c, theta).item() == pytest.approx(want, rel=1e-9)
+    want_1 = (200 * (theta @ c).abs()).mean().item()                     # SW_1 = mean_l n |c . theta_l|
+    assert losses.sliced_wasserstein(x, x + c, theta, p=1).item() == pytest.approx(want_1, rel=1e-9)
     assert losses.sliced_wasserstein(x, x[torch.randperm(200)], theta).item() == pytest.approx(0, abs=1e-5)
 
 

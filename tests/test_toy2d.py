@@ -84,10 +84,27 @@ def test_bad_arguments():
         toy2d.train('kld', nz=-1, iters=1)
 
 
+def test_lr_decay_is_linear_over_the_last_share_of_g_steps(monkeypatch):
+    """lr_decay = 0.4 of 10 iterations: G's lr is 1e-3 for 6 steps, then 1e-3 * (4, 3, 2, 1) / 4;
+    the discriminator keeps its lr."""
+    seen = {}
+    step = torch.optim.Adam.step
+
+    def record(self, *a, **kw):
+        seen.setdefault(id(self), []).append(self.param_groups[0]['lr'])
+        return step(self, *a, **kw)
+    monkeypatch.setattr(torch.optim.Adam, 'step', record)
+    toy2d.train('kld', iters=10, batch_size=16, lr_decay=0.4, progress=False)
+    d, g = seen.values()                                # the critic steps first in each iteration
+    assert g == pytest.approx([1e-3] * 6 + [1e-3, 0.75e-3, 0.5e-3, 0.25e-3]) and d == [1e-3] * 10
+    with pytest.raises(ValueError, match='lr_decay'):
+        toy2d.train('kld', iters=1, lr_decay=1.5)
+
+
 def test_main_writes_figure_samples_and_metrics(tmp_path):
     args = argparse.Namespace(prior='all', dataset='8gaussians', K=2, iters=5, batch_size=100,
                               lam=None, nz=2, posterior=False, n_samples=5000, seed=0,
-                              device='cpu', threads=1, out=str(tmp_path))
+                              device='cpu', threads=1, out=str(tmp_path), lr_decay=None, sw_p=1)
     toy2d.main(args)
     for method in toy2d.METHODS:
         x = np.load(tmp_path / f'samples_{method}.npy')

@@ -1,6 +1,6 @@
 """The paper's 2D experiment (Figure 3): MAP restoration (RGM) against MMSE on a Gaussian mixture.
 
-    python toy2d.py                  # KLD, MMD, DSWD and the MMSE baseline, K = 4 (~10 min on 2 CPU cores)
+    python toy2d.py                  # KLD, MMD, DSWD and the MMSE baseline, K = 4 (10-15 min, 2 CPU cores)
     python toy2d.py --prior mmd      # one column
     python toy2d.py --prior kld --K 1
 

@@ -79,7 +79,7 @@ def make_prior(name, K, lr=1e-3, sw_p=1):
     DSWD uses SW_1 here, where the paper uses SW_2 (sw_p=2): on the toy, SW_2's pull on a
     sample shrinks with its distance to where it belongs, which leaves tails between the
     modes (high-quality fraction 0.84 on 3 seeds); SW_1 pulls every sample equally hard
-    (0.90-0.91). SW_1 over a batch sums |differences|, so its lam is larger (30 vs 1). Images keep p=2.
+    (0.90-0.92). SW_1 over a batch sums |differences|, so its lam is larger (30 vs 1). Images keep p=2.
     Five inner steps for the directions (the paper: 10) score as well on the toy in half the time."""
     if name == 'kld':
         D = models.ToyDiscriminator(K=K)

@@ -6,6 +6,8 @@ H is applied through its SVD H = U diag(s) V^T, never as a dense matrix (DDRM, K
 2022). Images live in [-1, 1]; PSNR and SSIM are computed on [0, 1].
 
     python pnp.py --task sr4 --ckpt ckpt.pt --dataset cifar10 --data-dir data --n 100 --out out/sr4
+    python pnp.py --task denoise --sigma-y 25 --ckpt runs/fashion_kld/checkpoints/ckpt_00004000.pt \
+        --dataset fashion_mnist --n 100 --out out/fashion_denoise
 """
 import argparse
 import csv
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
+import data as datasets
 import models
 import schedules
 
@@ -318,9 +321,13 @@ def pil_to_model(im):
 
 def load_inputs(args):
     """[(name, image (C, H, W) in [-1, 1])] from the chosen source, first args.n."""
+    train = args.split == 'train'
     if args.dataset == 'cifar10':
-        data = torchvision.datasets.CIFAR10(args.data_dir, train=False, download=False)
-        return [(f'cifar10_test_{i:05d}', pil_to_model(data[i][0])) for i in range(min(args.n, len(data)))]
+        data = torchvision.datasets.CIFAR10(args.data_dir, train=train, download=False)
+        return [(f'cifar10_{args.split}_{i:05d}', pil_to_model(data[i][0])) for i in range(min(args.n, len(data)))]
+    if args.dataset == 'fashion_mnist':     # padded to 32 x 32 as in training (data.py)
+        images = datasets.FashionMNIST(args.data_dir, train=train, download=False).tensors(args.n)[0]
+        return [(f'fashion_mnist_{args.split}_{i:05d}', image) for i, image in enumerate(images)]
     if args.folder:
         files = sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in ('.png', '.jpg', '.jpeg', '.bmp'))
         if not files:
@@ -361,8 +368,10 @@ def clean_shape(image, task, observed, C, S):
 def main(args):
     torch.manual_seed(args.seed)
     out = Path(args.out)
-    (out / 'restored').mkdir(parents=True, exist_ok=True)
     G, meta = load_model(args.ckpt, args.authors_config, args.schedule, args.K, args.discretisation, args.device)
+    if args.task == 'color' and meta['channels'] != 3:
+        raise ValueError(f"colorization needs a colour model (3 channels); {args.ckpt} makes "
+                         f"{meta['channels']}-channel images")
     schedule = schedules.make_schedule(meta['schedule'], meta['K'], meta['discretisation'])
     settings, source = paper_settings(args.task, meta['image_size'])
     settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
@@ -375,6 +384,7 @@ def main(args):
     op = make_operator(args.task, shapes.pop())         # one shape: clean_shape checked each against the checkpoint
     denoise = rgm_denoiser(G, schedule, meta['nz'], args.noise_scale)
     noise = torch.Generator().manual_seed(args.seed)
+    (out / 'restored').mkdir(parents=True, exist_ok=True)
     rows, seconds = [], 0.0
     for start in range(0, len(items), args.batch_size):
         names, batch = zip(*items[start:start + args.batch_size])
@@ -423,11 +433,15 @@ def build_parser():
     parser.add_argument('--discretisation', choices=['original', 'square', 'geometric'],
                         help='with --authors-config (default original)')
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument('--dataset', choices=['cifar10'], help='test split, read from --data-dir (no download)')
+    source.add_argument('--dataset', choices=['cifar10', 'fashion_mnist'],
+                        help='a split of a data set (--split), read from --data-dir (no download; Fashion-MNIST '
+                             'also from /usr/share/datasets/fashion-mnist, see data.py)')
     source.add_argument('--folder', help='a folder of clean images (.png/.jpg/.jpeg/.bmp, sorted by name)')
     source.add_argument('--image', nargs='+', help='clean image(s): degraded, then restored')
     source.add_argument('--observed', nargs='+', help='already degraded image(s) (low-res / gray): restored as is, no metrics')
     parser.add_argument('--data-dir', default='data')
+    parser.add_argument('--split', default='test', choices=['test', 'train'],
+                        help='--dataset split: test to report, train to choose settings without the test images')
     parser.add_argument('--n', type=int, default=100, help='first N images of --dataset / --folder')
     parser.add_argument('--sigma-y', type=float, default=0.0,
                         help='observation noise std in 0-255 pixel units (25 means 25/255 of the range; '

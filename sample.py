@@ -2,6 +2,7 @@
 
     python sample.py --ckpt runs/kld_d/checkpoints/ckpt_00200000.pt   # 64 samples -> a PNG grid (the path is printed)
     python sample.py --ckpt netG_1200.pth --authors-config cifar10 --figures    # the authors' released generator
+    python sample.py --ckpt runs/fashion_kld/checkpoints/ckpt_00004000.pt --n 10000 --figures   # FD, class shares
     torchrun --nproc_per_node 8 sample.py --ckpt ckpt.pt --num-samples 50000 --batch-size 500 --format npz --fid --is
 
 Samples come in chunks of --batch-size; chunk c is drawn with its own random generator seeded from
@@ -27,6 +28,8 @@ from PIL import Image
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from tqdm import tqdm
 
+import data
+import metrics
 import models
 from schedules import SCHEDULES, make_schedule, sample_rgm
 
@@ -263,6 +266,16 @@ def main(args):
             summary.update(reference=str(reference), reference_is=cache_reference(
                 reference, meta['image_size'], **metric_kwargs))
             print(f"reference {reference}: statistics cached, its IS {summary['reference_is']:.2f}")
+    fashion = master and meta.get('dataset') == 'fashion_mnist' and not args.no_fd
+    if fashion:     # the classifier (trained and cached on first use) and the real images, before sampling
+        classifier, accuracy, trained = metrics.get_classifier(args.classifier, args.data_dir or 'data')
+        print(f'Fashion-MNIST classifier {args.classifier} ({"trained now" if trained else "cached"}): '
+              f'test accuracy {accuracy:.4f}')
+        test = data.FashionMNIST(args.data_dir or 'data', train=False).images
+        floor_train = data.FashionMNIST(args.data_dir or 'data', train=True).images[:len(test)]
+        if args.n < 1000:
+            print(f'note: a Frechet distance on {args.n} samples is biased upwards; compare runs at the same --n '
+                  '(the README uses 10,000)')
     if world_size > 1:
         dist.barrier()
 
@@ -290,12 +303,20 @@ def main(args):
         gen = chunk_generator(args.seed, 0, device)
         xs = trajectory_figure(G, schedule, meta, out / 'trajectory.png', n=8, generator=gen,
                                noise_scale=args.noise_scale)
-        spread = z_figure(G, schedule, meta, xs[-1][:1], out / 'z_role.png', n_z=4, generator=gen)
-        summary.update(z_spread_per_level=spread.tolist())
-        print(f"wrote {out / 'trajectory.png'} and {out / 'z_role.png'}; spread of G(x_k, k-1, z) across z, "
-              'k = 1..K: ' + ' '.join(f'{s:.3f}' for s in spread.tolist()))
+        print(f"wrote {out / 'trajectory.png'}")
+        if meta['nz'] > 0:          # an MMSE model has no z
+            spread = z_figure(G, schedule, meta, xs[-1][:1], out / 'z_role.png', n_z=4, generator=gen)
+            summary.update(z_spread_per_level=spread.tolist())
+            print(f"wrote {out / 'z_role.png'}; spread of G(x_k, k-1, z) across z, "
+                  'k = 1..K: ' + ' '.join(f'{s:.3f}' for s in spread.tolist()))
     if args.fid or args.is_:
         summary.update(fidelity_metrics(images, reference if args.fid else None, isc=args.is_, **metric_kwargs))
+    if fashion:
+        scores = metrics.fashion_scores(classifier, images, test, floor_train, progress=True)
+        summary.update(classifier_test_accuracy=accuracy, **scores)
+        print(f"FD {scores['fd']:.3f} against {len(test)} test images (floor: {len(floor_train)} training "
+              f"images score {scores['fd_floor']:.3f}); class shares {scores['min_class_share']:.3f} to "
+              f"{scores['max_class_share']:.3f}: " + ' '.join(f'{v:.3f}' for v in scores['class_shares'].values()))
     summary.update(images_per_second=args.n / summary['sampling_seconds'], wall_seconds=time.perf_counter() - wall)
     (out / 'metrics.json').write_text(json.dumps(summary, indent=2))
     shown = [f'{k} {summary[k]:.3f}' for k in ('fid', 'is_mean', 'is_std') if k in summary]
@@ -329,7 +350,12 @@ def build_parser():
     p.add_argument('--reference', help='cifar10 (training set) or a folder of images (default: the checkpoint\'s '
                                        'data set when that is cifar10)')
     p.add_argument('--inception-weights', help=f'local copy of {URL_INCEPTION_V3} (for machines without internet)')
-    p.add_argument('--data-dir', help="where torch-fidelity keeps CIFAR-10 (default $TORCH_HOME/fidelity_datasets)")
+    p.add_argument('--data-dir', help="where torch-fidelity keeps CIFAR-10 (default $TORCH_HOME/fidelity_datasets); "
+                                      "for Fashion-MNIST models, its files (default data/, see data.py)")
+    p.add_argument('--no-fd', action='store_true',
+                   help='Fashion-MNIST models: skip the classifier Frechet distance and class shares (on by default)')
+    p.add_argument('--classifier', default=metrics.DEFAULT_CLASSIFIER,
+                   help='Fashion-MNIST classifier file (trained on the training split and written there if absent)')
     p.add_argument('--fid-cache', help='cache of reference statistics (default $TORCH_HOME/fidelity_cache)')
     return p
 

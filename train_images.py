@@ -40,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torchvision import transforms
 from tqdm import tqdm
 
+import data
 import losses
 import models
 from schedules import SCHEDULES, make_schedule, sample_rgm
@@ -62,7 +63,18 @@ PRESETS = {
                             log_every=5, ckpt_every=20, sample_every=20, n_samples=16, workers=0,
                             dswd_projections=64),
 }
-DATASETS = ('cifar10', 'celeba_hq', 'lsun_church', 'folder', 'fake')
+# Fashion-MNIST on a 2-core CPU in <= 30 minutes (README, "Real images on a CPU"): the 'fashion' networks
+# (0.45M-parameter one-channel NCSN++, a discriminator of similar cost), a small batch for thousands of
+# steps, Adam at 5e-4 for G and D without decay, and an EMA short enough to move within the run.
+FASHION = dict(dataset='fashion_mnist', net='fashion', batch_size=32, lr_G=5e-4, lr_D=5e-4, lam=1e-3,
+               r1_gamma=0.02, lazy_reg=15, lr_tmax=0, ema_decay=0.995, schedule='d', K=4, max_steps=4000,
+               workers=0, log_every=50, ckpt_every=1000, sample_every=500, threads=2)
+PRESETS.update({
+    'fashion_kld_d':  dict(FASHION, prior='kld'),
+    'fashion_mmse_d': dict(FASHION, prior='mmse'),     # the MMSE baseline: same G (without z), K, steps, data
+})
+PRIOR_CHOICES = sorted(losses.PRIORS) + ['mmse']
+DATASETS = ('cifar10', 'celeba_hq', 'lsun_church', 'folder', 'fake', 'fashion_mnist')
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp')
 
 
@@ -90,7 +102,12 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 def build_dataset(name, data_dir, image_size, fake_size=64, download=True):
-    """The training set; resize and center crop to image_size (a no-op for CIFAR-10 at 32)."""
+    """The training set; resize and center crop to image_size (a no-op for CIFAR-10 at 32).
+    Fashion-MNIST is one-channel and padded to 32 x 32 (data.py)."""
+    if name == 'fashion_mnist':
+        if image_size != 32:
+            raise ValueError(f'fashion_mnist is 32 x 32 (28 x 28 padded), not --image-size {image_size}')
+        return data.FashionMNIST(data_dir, train=True, download=download)
     tf = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size),
                              transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
     if name == 'cifar10':
@@ -100,8 +117,8 @@ def build_dataset(name, data_dir, image_size, fake_size=64, download=True):
     if name == 'lsun_church':
         if not os.path.isdir(os.path.join(data_dir, 'church_outdoor_train_lmdb')):
             raise FileNotFoundError(f'--data-dir {data_dir!r} has no church_outdoor_train_lmdb folder (LSUN)')
-        data = torchvision.datasets.LSUN(data_dir, classes=['church_outdoor_train'], transform=tf)
-        return torch.utils.data.Subset(data, range(min(len(data), 120_000)))     # the authors' first 120k
+        lsun = torchvision.datasets.LSUN(data_dir, classes=['church_outdoor_train'], transform=tf)
+        return torch.utils.data.Subset(lsun, range(min(len(lsun), 120_000)))     # the authors' first 120k
     if name == 'fake':
         return torchvision.datasets.FakeData(fake_size, (3, image_size, image_size), num_classes=1, transform=tf)
     raise ValueError(f'unknown data set {name!r}: choose one of {DATASETS}')
@@ -248,6 +265,21 @@ def train_step(G, D, opt_G, opt_D, x0, schedule, critic, prior, step, lam, nz, p
                 prior=g.detach(), loss_G=loss_G.detach())
 
 
+def mmse_step(G, opt_G, x0, schedule, autocast=contextlib.nullcontext):
+    """The MMSE baseline that RGM replaces (paper Section 3, a diffusion model's restorer with K large
+    steps): G(x_{k+1}, k) without z, trained on ||G(x_{k+1}, k) - x0||^2 for k uniform in 0..K-1, whose
+    minimiser is the posterior mean E[x0 | x_{k+1}]; no discriminator. Returns {mmse: the batch mean}."""
+    k = torch.randint(schedule.K, (x0.shape[0],), device=x0.device)
+    x_next = schedule.sample(x0, k + 1)
+    with autocast():
+        x0_hat = G(x_next, k, None).float()
+    loss = losses.mmse_loss(x0_hat, x0).mean()
+    opt_G.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_G.step()
+    return dict(mmse=loss.detach())
+
+
 # ----------------------------------------------------------------------------
 # Run directory and checkpoints (the contract of models.py).
 
@@ -339,14 +371,23 @@ def train(args, rank, world_size, device):
     G_kwargs.update(image_size=image_size, nz=G_kwargs['nz'] if args.nz is None else args.nz)
     D_kwargs = {key: list(v) if isinstance(v, tuple) else v for key, v in net['D'].items()}
     D_kwargs.update(image_size=image_size)
-    nz = G_kwargs['nz']
+    mmse = args.prior == 'mmse'
+    if mmse:                            # the MMSE restorer E[x0 | x_{k+1}] has no z and no discriminator
+        if args.nz:
+            raise ValueError(f'--prior mmse trains G without a latent z: drop --nz {args.nz} (or give --nz 0)')
+        if args.posterior:
+            raise ValueError('--prior mmse is sampled with Algorithm 3 only: drop --posterior')
+        G_kwargs['nz'], D_kwargs = 0, None
+    nz, channels = G_kwargs['nz'], G_kwargs.get('in_channels', 3)
     if nz < 0:
         raise ValueError(f'--nz must be >= 0 (0 = no latent z), got {nz}')
     schedule = make_schedule(args.schedule, args.K, args.discretisation)
-    schedule.check_shape((1, 3, image_size, image_size))
+    schedule.check_shape((1, channels, image_size, image_size))
     if args.posterior and args.schedule != 'd':
         raise ValueError(f'--posterior (Algorithm 1) exists for the denoising process d only, not {args.schedule!r}')
-    local_batch = split_batch(args.batch_size, world_size, D_kwargs.get('group_size', 4))
+    local_batch = split_batch(args.batch_size, world_size, 1 if mmse else D_kwargs.get('group_size', 4))
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     # ---- run directory: new, resumed by --resume, or resumed after a torchrun restart ----
     ckpt_dir = os.path.join(args.out, 'checkpoints')
@@ -363,7 +404,7 @@ def train(args, rank, world_size, device):
     resume_path = found[max(found)] if found else None
 
     # ---- data ----
-    if master and args.dataset == 'cifar10':
+    if master and args.dataset in ('cifar10', 'fashion_mnist'):
         build_dataset(args.dataset, args.data_dir, image_size)                     # download once
     if dist.is_initialized():
         dist.barrier()
@@ -381,18 +422,20 @@ def train(args, rank, world_size, device):
     torch.manual_seed(args.seed)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     G = models.NCSNpp(**G_kwargs).to(device, memory_format=memory_format)
-    D = models.Discriminator(**D_kwargs).to(device, memory_format=memory_format)
     G_ema = copy.deepcopy(G).requires_grad_(False).eval()              # EMA: a separate model
     opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_G, betas=ADAM_BETAS)
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_D, betas=ADAM_BETAS)
     sched_G = torch.optim.lr_scheduler.LambdaLR(opt_G, cosine_lr(args.lr_G, args.lr_min, args.lr_tmax, steps_per_epoch))
-    sched_D = torch.optim.lr_scheduler.LambdaLR(opt_D, cosine_lr(args.lr_D, args.lr_min, args.lr_tmax, steps_per_epoch))
-    critic = losses.KLD(r1_gamma=args.r1_gamma, lazy_reg=args.lazy_reg)
-    prior = make_prior(args.prior, critic, D_kwargs['channels'] * D_kwargs['ch_mult'][-1] * 16, device,
-                       args.mmd_bandwidths, args.dswd_projections, args.dswd_steps, args.lr_D)
-    transform = prior.transform if args.prior == 'dswd' else None
+    D = opt_D = sched_D = critic = prior = transform = None
+    if not mmse:
+        D = models.Discriminator(**D_kwargs).to(device, memory_format=memory_format)
+        opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_D, betas=ADAM_BETAS)
+        sched_D = torch.optim.lr_scheduler.LambdaLR(opt_D, cosine_lr(args.lr_D, args.lr_min, args.lr_tmax, steps_per_epoch))
+        critic = losses.KLD(r1_gamma=args.r1_gamma, lazy_reg=args.lazy_reg)
+        prior = make_prior(args.prior, critic, D_kwargs['channels'] * D_kwargs['ch_mult'][-1] * 16, device,
+                           args.mmd_bandwidths, args.dswd_projections, args.dswd_steps, args.lr_D)
+        transform = prior.transform if args.prior == 'dswd' else None
     meta = dict(schedule=args.schedule, K=args.K, discretisation=args.discretisation, posterior=args.posterior,
-                nz=nz, image_size=image_size, channels=3, prior=args.prior, dataset=args.dataset)
+                nz=nz, image_size=image_size, channels=channels, prior=args.prior, dataset=args.dataset)
     config = dict(vars(args), world_size=world_size, local_batch=local_batch, steps_per_epoch=steps_per_epoch)
 
     # ---- resume ----
@@ -402,7 +445,8 @@ def train(args, rank, world_size, device):
         check_same_run(ckpt, resume_path, meta, G_kwargs, D_kwargs, args.batch_size)
         for module, key in [(G, 'G'), (G_ema, 'G_ema'), (D, 'D'), (opt_G, 'opt_G'), (opt_D, 'opt_D'),
                             (sched_G, 'sched_G'), (sched_D, 'sched_D')]:
-            module.load_state_dict(ckpt[key])
+            if module is not None:
+                module.load_state_dict(ckpt[key])
         if transform is not None:
             transform.load_state_dict(ckpt['transform'])
             prior.opt.load_state_dict(ckpt['opt_T'])
@@ -411,10 +455,12 @@ def train(args, rank, world_size, device):
 
     # ---- wrappers: DDP averages gradients; compiled copies for speed (R1 needs the eager D) ----
     ddp = functools.partial(DDP, device_ids=[device.index] if device.type == 'cuda' else None)
-    G_train, D_eager = (ddp(G), ddp(D)) if dist.is_initialized() else (G, D)
-    D_frozen = D                                        # generator step: D's weights stay fixed, no DDP
+    G_train, D_eager = (ddp(G), ddp(D) if D is not None else None) if dist.is_initialized() else (G, D)
+    D_train = D_frozen = D                              # generator step: D's weights stay fixed, no DDP
     if args.compile:
-        G_train, D_train, D_frozen = torch.compile(G_train), torch.compile(D_eager), torch.compile(D)
+        G_train = torch.compile(G_train)
+        if D is not None:
+            D_train, D_frozen = torch.compile(D_eager), torch.compile(D)
     else:
         D_train = D_eager
     autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=args.amp)
@@ -438,16 +484,17 @@ def train(args, rank, world_size, device):
             f.write(json.dumps(dict(event='resume' if start_step else 'start', step=start_step,
                                     world_size=world_size, checkpoint=resume_path,
                                     restart=int(restart))) + '\n')
-        millions = [sum(p.numel() for p in net.parameters()) / 1e6 for net in (G, D)]
+        millions = [sum(p.numel() for p in net.parameters()) / 1e6 if net is not None else 0 for net in (G, D)]
         print(f'{"resuming " + resume_path if start_step else "new run"}: {world_size} process(es) on '
-              f'{device.type}, global batch {args.batch_size}, {steps_per_epoch} steps per epoch, '
-              f'G {millions[0]:.1f}M, D {millions[1]:.1f}M parameters')
+              f'{device.type}, {torch.get_num_threads()} thread(s), global batch {args.batch_size}, '
+              f'{steps_per_epoch} steps per epoch, G {millions[0]:.2f}M, D {millions[1]:.2f}M parameters'
+              + (' (MMSE baseline: no D)' if mmse else ''))
 
     def save_checkpoint(step):
         ckpt = dict(format=models.CKPT_FORMAT, G_kwargs=G_kwargs, D_kwargs=D_kwargs, meta=meta,
-                    G=G.state_dict(), G_ema=G_ema.state_dict(), D=D.state_dict(),
-                    opt_G=opt_G.state_dict(), opt_D=opt_D.state_dict(),
-                    sched_G=sched_G.state_dict(), sched_D=sched_D.state_dict(),
+                    G=G.state_dict(), G_ema=G_ema.state_dict(), D=D and D.state_dict(),
+                    opt_G=opt_G.state_dict(), opt_D=opt_D and opt_D.state_dict(),
+                    sched_G=sched_G.state_dict(), sched_D=sched_D and sched_D.state_dict(),
                     step=step, epoch=step // steps_per_epoch, config=config)
         if transform is not None:
             ckpt.update(transform=transform.state_dict(), opt_T=prior.opt.state_dict())
@@ -457,7 +504,7 @@ def train(args, rank, world_size, device):
             os.remove(found[old])
 
     # ---- training loop ----
-    names = ['loss_D', 'r1', 'fidelity', 'prior', 'loss_G']
+    names = ['mmse'] if mmse else ['loss_D', 'r1', 'fidelity', 'prior', 'loss_G']
     step, sums, n_sums, t_log = start_step, torch.zeros(len(names)), 0, time.time()
     bar = tqdm(total=args.max_steps, initial=start_step, disable=not master, dynamic_ncols=True)
     while step < args.max_steps:
@@ -469,10 +516,13 @@ def train(args, rank, world_size, device):
             x0 = x0.to(device, non_blocking=True, memory_format=memory_format)
             flip = torch.rand(x0.shape[0], 1, 1, 1, device=device) < 0.5          # random horizontal flip
             x0 = torch.where(flip, x0.flip(3), x0)
-            terms = train_step(G_train, D_train, opt_G, opt_D, x0, schedule, critic, prior, step, args.lam, nz,
-                               args.posterior, D_r1=D_eager, D_frozen=D_frozen, shared=shared, autocast=autocast)
+            if mmse:
+                terms = mmse_step(G_train, opt_G, x0, schedule, autocast=autocast)
+            else:
+                terms = train_step(G_train, D_train, opt_G, opt_D, x0, schedule, critic, prior, step, args.lam, nz,
+                                   args.posterior, D_r1=D_eager, D_frozen=D_frozen, shared=shared, autocast=autocast)
+                sched_D.step()
             sched_G.step()
-            sched_D.step()
             with torch.no_grad():
                 for p_ema, p in zip(G_ema.parameters(), G.parameters()):
                     p_ema.lerp_(p, 1 - args.ema_decay)
@@ -496,7 +546,8 @@ def train(args, rank, world_size, device):
                 elapsed, t_log = time.time() - t_log, time.time()
                 record = dict(step=step, epoch=step // steps_per_epoch,
                               **{name: v for name, v in zip(names, (sums / n_sums).tolist())},
-                              lr_G=opt_G.param_groups[0]['lr'], lr_D=opt_D.param_groups[0]['lr'],
+                              lr_G=opt_G.param_groups[0]['lr'],
+                              **({} if mmse else dict(lr_D=opt_D.param_groups[0]['lr'])),
                               img_per_s=n_sums * args.batch_size / elapsed,
                               mem_GB=(torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else
                                       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30)
@@ -504,10 +555,10 @@ def train(args, rank, world_size, device):
                 if master:
                     with open(log_path, 'a') as f:
                         f.write(json.dumps(record) + '\n')
-                    bar.set_postfix(D=f'{record["loss_D"]:.3f}', fid=f'{record["fidelity"]:.1f}',
-                                    prior=f'{record["prior"]:.3f}')
+                    bar.set_postfix(mmse=f'{record["mmse"]:.1f}') if mmse else bar.set_postfix(
+                        D=f'{record["loss_D"]:.3f}', fid=f'{record["fidelity"]:.1f}', prior=f'{record["prior"]:.3f}')
             if master and step % args.sample_every == 0:
-                grid = sample_rgm(G_ema, schedule, (args.n_samples, 3, image_size, image_size), nz, device=device,
+                grid = sample_rgm(G_ema, schedule, (args.n_samples, channels, image_size, image_size), nz, device=device,
                                   posterior=args.posterior, generator=torch.Generator(device).manual_seed(args.seed))
                 path = os.path.join(args.out, 'samples', f'{step:08d}.png')
                 torchvision.utils.save_image((grid + 1) / 2, path, nrow=int(math.sqrt(args.n_samples)))
@@ -541,7 +592,8 @@ def parse_args(argv=None):
     g.add_argument('--K', type=int, default=4, help='degradation steps = NFE (1 = the single-step ablation)')
     g.add_argument('--discretisation', default='original', choices=['original', 'square', 'geometric'])
     g.add_argument('--posterior', action='store_true', help='Algorithm 1 (posterior sampling, d only)')
-    g.add_argument('--prior', default='kld', choices=sorted(losses.PRIORS))
+    g.add_argument('--prior', default='kld', choices=PRIOR_CHOICES,
+                   help='kld, mmd, dswd (RGM), or mmse: the MMSE baseline ||G(x_{k+1}, k) - x0||^2, no z, no D')
     g.add_argument('--nz', type=int, default=None, help='latent dimension (default: --net\'s; 0 = no z)')
     g.add_argument('--lam', type=float, default=1e-3, help='fidelity weight lambda (0 = no fidelity)')
     g.add_argument('--mmd-bandwidths', type=float, nargs='+', default=[1.0, 2.0, 4.0, 8.0, 16.0])
@@ -569,6 +621,7 @@ def parse_args(argv=None):
     g.add_argument('--n-samples', type=int, default=64, help='images in each EMA sample grid')
     g.add_argument('--log-every', type=int, default=100)
     g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    g.add_argument('--threads', type=int, default=0, help='CPU threads per process (0 = torch\'s default)')
     g.add_argument('--seed', type=int, default=0)
     preset = p.parse_known_args(argv)[0].preset
     if preset:

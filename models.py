@@ -542,8 +542,8 @@ def load_checkpoint(path, map_location='cpu'):
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:      # torch raises several types for truncated or foreign files
-        raise RuntimeError(f'{path!r} is not a readable checkpoint ({type(e).__name__}: {e}). '
-                           'Was it cut short? Use an earlier checkpoint of the run.') from e
+        raise RuntimeError(f'{path!r} is not a readable checkpoint ({type(e).__name__}: {e}): the file is '
+                           'truncated (a copy or save cut short) or is not a PyTorch checkpoint') from e
     if not isinstance(ckpt, dict) or ckpt.get('format') != CKPT_FORMAT:
         raise ValueError(f'{path!r} is not an rgm checkpoint (format {CKPT_FORMAT!r}); for the authors\' '
                          'released generators use convert_authors_generator')
@@ -556,7 +556,7 @@ def load_generator(path, device='cpu', ema=True):
     key = 'G_ema' if ema else 'G'
     if ckpt.get(key) is None:
         raise KeyError(f'{path!r} holds no {"EMA " if ema else ""}generator weights ({key!r}); '
-                       f'try ema={not ema}' + (' (--no-ema)' if ema else ''))
+                       + ('use the raw weights (--no-ema in sample.py and pnp.py)' if ema else 'use ema=True'))
     G = NCSNpp(**ckpt['G_kwargs'])
     try:
         G.load_state_dict(ckpt[key])

@@ -11,15 +11,14 @@ H is applied through its SVD H = U diag(s) V^T, never as a dense matrix (DDRM, K
 """
 import argparse
 import csv
-import json
 import math
 import time
+import urllib.error
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchvision
-from PIL import Image
 
 import data as datasets
 import models
@@ -308,25 +307,32 @@ def ssim(x, ref, K1=0.01, K2=0.03, data_range=1.0):
 # ----------------------------------------------------------------------------
 # Command line: load the generator and the images, degrade, restore, score.
 
-def load_model(ckpt, authors_config=None, schedule=None, K=None, discretisation=None, device='cpu'):
-    """(G, meta) with EMA weights: see models.open_generator."""
-    return models.open_generator(ckpt, device, True, authors_config, schedule, K, discretisation)
+def load_model(ckpt, authors_config=None, schedule=None, K=None, discretisation=None, device='cpu', ema=True):
+    """(G, meta), EMA weights unless ema=False: see models.open_generator."""
+    return models.open_generator(ckpt, device, ema, authors_config, schedule, K, discretisation)
 
 
 def pil_to_model(im):
-    """PIL image -> (C, H, W) in [-1, 1]; gray modes give C = 1, all others are read as RGB."""
-    im = im.convert('L' if im.mode in ('1', 'L', 'LA', 'I', 'I;16', 'F') else 'RGB')
+    """8-bit PIL image (L or RGB, as datasets.open_image gives) -> (C, H, W) in [-1, 1]."""
+    im = im.convert('L' if im.mode in datasets.GRAY_MODES else 'RGB')
     return torchvision.transforms.functional.pil_to_tensor(im).float() / 127.5 - 1
+
+
+OUTPUTS = ('restored', 'grid_*.png', 'metrics.csv', 'summary.json')        # what a run writes in --out
 
 
 def load_inputs(args):
     """[(name, image (C, H, W) in [-1, 1])] from the chosen source, first args.n."""
     train = args.split == 'train'
     if args.dataset == 'cifar10':
-        data = torchvision.datasets.CIFAR10(args.data_dir, train=train, download=False)
+        try:
+            data = torchvision.datasets.CIFAR10(args.data_dir, train=train, download=True)
+        except (urllib.error.URLError, OSError) as e:
+            raise RuntimeError(f'CIFAR-10 is not in --data-dir {args.data_dir!r} and cannot be downloaded ({e}): '
+                               'put cifar-10-python.tar.gz (from https://www.cs.toronto.edu/~kriz/) there') from e
         return [(f'cifar10_{args.split}_{i:05d}', pil_to_model(data[i][0])) for i in range(min(args.n, len(data)))]
     if args.dataset == 'fashion_mnist':     # padded to 32 x 32 as in training (data.py)
-        images = datasets.FashionMNIST(args.data_dir, train=train, download=False).tensors(args.n)[0]
+        images = datasets.FashionMNIST(args.data_dir, train=train, download=True).tensors(args.n)[0]
         return [(f'fashion_mnist_{args.split}_{i:05d}', image) for i, image in enumerate(images)]
     if args.folder:
         files = sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in ('.png', '.jpg', '.jpeg', '.bmp'))
@@ -335,11 +341,11 @@ def load_inputs(args):
         files = files[:args.n]
     else:
         files = [Path(p) for p in args.image or args.observed]
-    inputs = []
-    for path in files:
-        with Image.open(path) as im:
-            inputs.append((path.stem, pil_to_model(im)))
-    return inputs
+    stems = [path.stem for path in files]
+    clash = sorted({str(p) for p, stem in zip(files, stems) if stems.count(stem) > 1})
+    if clash:       # results are named by the stem: two inputs x.png would write one restored/x.png
+        raise ValueError(f'inputs with the same file name would overwrite each other\'s results: {", ".join(clash)}')
+    return [(path.stem, pil_to_model(datasets.open_image(path))) for path in files]
 
 
 def clean_shape(image, task, observed, C, S):
@@ -365,10 +371,22 @@ def clean_shape(image, task, observed, C, S):
     return x_shape
 
 
+def check_args(args):
+    """Errors that need no file: before anything is loaded or written."""
+    if args.sigma_y is None:
+        args.sigma_y = 25.0 if args.task == 'denoise' else 0.0
+    if args.task == 'denoise' and args.sigma_y == 0:
+        raise ValueError('--task denoise needs noise to remove: give --sigma-y > 0 (default 25)')
+    if args.observed and args.sigma_y:
+        raise ValueError('--sigma-y adds noise to clean images; --observed images are restored as they are')
+
+
 def main(args):
+    check_args(args)
     torch.manual_seed(args.seed)
     out = Path(args.out)
-    G, meta = load_model(args.ckpt, args.authors_config, args.schedule, args.K, args.discretisation, args.device)
+    G, meta = load_model(args.ckpt, args.authors_config, args.schedule, args.K, args.discretisation, args.device,
+                         ema=not args.no_ema)
     if args.task == 'color' and meta['channels'] != 3:
         raise ValueError(f"colorization needs a colour model (3 channels); {args.ckpt} makes "
                          f"{meta['channels']}-channel images")
@@ -384,6 +402,7 @@ def main(args):
     op = make_operator(args.task, shapes.pop())         # one shape: clean_shape checked each against the checkpoint
     denoise = rgm_denoiser(G, schedule, meta['nz'], args.noise_scale)
     noise = torch.Generator().manual_seed(args.seed)
+    datasets.prepare_out(str(out), OUTPUTS, args.overwrite, 'pnp.py run')
     (out / 'restored').mkdir(parents=True, exist_ok=True)
     rows, seconds = [], 0.0
     for start in range(0, len(items), args.batch_size):
@@ -419,17 +438,24 @@ def main(args):
             mine = [r for r in rows if r['method'] == method]
             summary['mean'][method] = {k: sum(r[k] for r in mine) / len(mine) for k in ('psnr', 'ssim')}
             print(f"{method:8s} PSNR {summary['mean'][method]['psnr']:6.2f}  SSIM {summary['mean'][method]['ssim']:.4f}")
-    (out / 'summary.json').write_text(json.dumps(summary, indent=2))
+    datasets.write_json(out / 'summary.json', summary)
     print(f'{len(items)} images, {summary["seconds_per_image"]:.3f} s/image; wrote {out}')
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description='Restore images with a trained RGM generator (Algorithm 4, DRS).')
+    parser = argparse.ArgumentParser(
+        description='Restore images with a trained RGM generator (Algorithm 4, DRS). M, J, alpha and lambda '
+                    'default to the paper\'s Table 6 for the task (its CIFAR-10 column for images up to 64 px). '
+                    'Denoising: Table 6 has three CIFAR-10 columns whose noise levels were lost from the paper; '
+                    'the first (M 10, lambda 0.01, alpha 0.2) is used whatever --sigma-y is, so give --M, --lam '
+                    'and --alpha for other noise levels.')
     parser.add_argument('--task', required=True, choices=sorted(TASKS))
     parser.add_argument('--ckpt', required=True, help='our checkpoint, or the authors\' netG_*.pth with --authors-config')
     parser.add_argument('--authors-config', choices=sorted(models.CONFIGS), help='read --ckpt as the authors\' generator')
     parser.add_argument('--schedule', choices=sorted(schedules.SCHEDULES), help='with --authors-config (default d)')
-    parser.add_argument('--K', type=int, help='with --authors-config: number of levels it was trained with (default 4)')
+    parser.add_argument('--K', type=datasets.positive_int,
+                        help='with --authors-config: number of levels it was trained with (default 4)')
+    parser.add_argument('--no-ema', action='store_true', help='use the raw generator weights instead of the EMA ones')
     parser.add_argument('--discretisation', choices=['original', 'square', 'geometric'],
                         help='with --authors-config (default original)')
     source = parser.add_mutually_exclusive_group(required=True)
@@ -442,21 +468,25 @@ def build_parser():
     parser.add_argument('--data-dir', default='data')
     parser.add_argument('--split', default='test', choices=['test', 'train'],
                         help='--dataset split: test to report, train to choose settings without the test images')
-    parser.add_argument('--n', type=int, default=100, help='first N images of --dataset / --folder')
-    parser.add_argument('--sigma-y', type=float, default=0.0,
+    parser.add_argument('--n', type=datasets.positive_int, default=100, help='first N images of --dataset / --folder')
+    parser.add_argument('--sigma-y', type=datasets.nonnegative_float, default=None,
                         help='observation noise std in 0-255 pixel units (25 means 25/255 of the range; '
-                             'converted once to 2*sigma/255 in the [-1, 1] space of the model)')
-    parser.add_argument('--M', type=int, help='DRS iterations (default: Table 6 for the task)')
-    parser.add_argument('--J', type=int, help='levels per iteration, J..1 (default: Table 6)')
-    parser.add_argument('--alpha', type=float, help='denoiser relaxation (default: Table 6)')
-    parser.add_argument('--lam', type=float, help='data-term weight of the prox (default: Table 6)')
-    parser.add_argument('--noise-scale', type=float, default=0.99, help='scale of the forward-process noise')
+                             'converted once to 2*sigma/255 in the [-1, 1] space of the model). Default: 25 for '
+                             'denoise (which needs > 0), 0 for the other tasks')
+    parser.add_argument('--M', type=datasets.positive_int, help='DRS iterations (default: Table 6 for the task)')
+    parser.add_argument('--J', type=datasets.positive_int, help='levels per iteration, J..1 (default: Table 6)')
+    parser.add_argument('--alpha', type=datasets.positive_float, help='denoiser relaxation (default: Table 6)')
+    parser.add_argument('--lam', type=datasets.positive_float, help='data-term weight of the prox (default: Table 6)')
+    parser.add_argument('--noise-scale', type=datasets.nonnegative_float, default=0.99,
+                        help='scale of the forward-process noise')
     parser.add_argument('--return-iterate', default='x', choices=ITERATES[:3],
                         help="DRS iterate returned: x (the authors'), y (denoised) or prox")
-    parser.add_argument('--out', required=True)
+    parser.add_argument('--out', required=True, help='output folder; one that holds files needs --overwrite')
+    parser.add_argument('--overwrite', action='store_true',
+                        help="replace an earlier run's outputs in --out (restored/, grid_*.png, metrics.csv, summary.json)")
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--batch-size', type=int, default=100)
+    parser.add_argument('--batch-size', type=datasets.positive_int, default=100)
     return parser
 
 

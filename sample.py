@@ -11,7 +11,6 @@ Samples come in chunks of --batch-size; chunk c is drawn with its own random gen
 import argparse
 import datetime
 import hashlib
-import json
 import math
 import os
 import re
@@ -245,6 +244,7 @@ def main(args):
     schedule = make_schedule(meta['schedule'], meta['K'], meta['discretisation'])
     schedule.check_shape((1, meta['channels'], meta['image_size'], meta['image_size']))
     out = Path(args.out or Path(args.ckpt).resolve().parent / 'samples')
+    data.prepare_out(str(out), OUTPUTS, args.overwrite, 'sample.py run', remove=False)     # refuse before any work
     summary = dict(ckpt=str(args.ckpt), ema=not args.no_ema, schedule=meta['schedule'], nfe=schedule.K,
                    posterior=meta['posterior'], noise_scale=args.noise_scale, seed=args.seed, n=args.n,
                    batch_size=args.batch_size, world_size=world_size, device=str(device))
@@ -281,6 +281,7 @@ def main(args):
 
     # ---- sampling (Algorithm 3), sharded over the processes ----
     if master:
+        data.prepare_out(str(out), OUTPUTS, args.overwrite, 'sample.py run')
         out.mkdir(parents=True, exist_ok=True)
         print(f"sampling {args.n} images with {meta['schedule']} K={schedule.K} (NFE {schedule.K}) "
               f'on {world_size} process(es), {device}')
@@ -318,11 +319,14 @@ def main(args):
               f"images score {scores['fd_floor']:.3f}); class shares {scores['min_class_share']:.3f} to "
               f"{scores['max_class_share']:.3f}: " + ' '.join(f'{v:.3f}' for v in scores['class_shares'].values()))
     summary.update(images_per_second=args.n / summary['sampling_seconds'], wall_seconds=time.perf_counter() - wall)
-    (out / 'metrics.json').write_text(json.dumps(summary, indent=2))
+    data.write_json(out / 'metrics.json', summary)
     shown = [f'{k} {summary[k]:.3f}' for k in ('fid', 'is_mean', 'is_std') if k in summary]
     print(' | '.join(shown + [f"NFE {summary['nfe']}", f'{args.n} samples',
                               f"{summary['images_per_second']:.1f} images/s",
                               f"wall {summary['wall_seconds']:.1f} s"]) + f" -> {out / 'metrics.json'}")
+
+
+OUTPUTS = ('samples.png', 'png', 'samples.npz', 'metrics.json', 'trajectory.png', 'z_role.png')   # in --out
 
 
 def build_parser():
@@ -331,17 +335,20 @@ def build_parser():
     p.add_argument('--no-ema', action='store_true', help='use the raw generator weights instead of the EMA ones')
     p.add_argument('--authors-config', choices=sorted(models.CONFIGS), help="read --ckpt as the authors' generator")
     p.add_argument('--schedule', choices=sorted(SCHEDULES), help='with --authors-config (default d)')
-    p.add_argument('--K', type=int, help='with --authors-config: levels it was trained with (default 4)')
+    p.add_argument('--K', type=data.positive_int, help='with --authors-config: levels it was trained with (default 4)')
     p.add_argument('--discretisation', choices=['original', 'square', 'geometric'],
                    help='with --authors-config (default original)')
-    p.add_argument('--n', '--num-samples', dest='n', type=int, default=64,
+    p.add_argument('--n', '--num-samples', dest='n', type=data.positive_int, default=64,
                    help='number of samples (under torchrun write --num-samples: torchrun takes --n for its own)')
-    p.add_argument('--batch-size', type=int, default=64,
+    p.add_argument('--batch-size', type=data.positive_int, default=64,
                    help='samples per chunk and per network call; with --seed it fixes the images')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--noise-scale', type=float, default=0.999, help='scale of the fresh forward noise (authors 0.999; posterior-trained models draw from q(x_k | x_{k+1}, x0_hat) unscaled)')
+    p.add_argument('--noise-scale', type=data.nonnegative_float, default=0.999, help='scale of the fresh forward noise (authors 0.999; posterior-trained models draw from q(x_k | x_{k+1}, x0_hat) unscaled)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--out', help='output folder (default: samples/ beside the checkpoint)')
+    p.add_argument('--out', help='output folder (default: samples/ beside the checkpoint); one that holds files '
+                                 'needs --overwrite')
+    p.add_argument('--overwrite', action='store_true',
+                   help="replace an earlier run's outputs in --out (" + ', '.join(OUTPUTS) + ')')
     p.add_argument('--format', default='grid', choices=['grid', 'png', 'npz'],
                    help='one PNG grid, one PNG per sample, or samples.npz (uint8); never JPEG')
     p.add_argument('--figures', action='store_true', help='also write trajectory.png and z_role.png')

@@ -10,7 +10,6 @@ process next to each method's distribution at that level.
 """
 import argparse
 import copy
-import json
 import math
 import os
 import time
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import data
 import losses
 import models
 from schedules import make_schedule, sample_rgm
@@ -222,12 +222,16 @@ def plot(columns, K, path):
 
 # ----------------------------------------------------------------------------
 
+OUTPUTS = ('toy2d.png', 'metrics.json', 'samples_*.npy')            # what a run writes in --out
+
+
 def main(args):
-    torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
     methods = list(METHODS) if args.prior == 'all' else [args.prior]
     if args.posterior and 'mmse' in methods and args.prior != 'all':
         raise ValueError('--posterior applies to the RGM priors, not to the MMSE baseline')
+    data.prepare_out(args.out, OUTPUTS, args.overwrite, 'toy2d.py run')
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(args.seed)
     x0 = DATASETS[args.dataset](args.n_samples)
     schedule = make_schedule('d', args.K)
@@ -248,8 +252,7 @@ def main(args):
 
     fig_path = os.path.join(args.out, 'toy2d.png')
     plot(columns, args.K, fig_path)
-    with open(os.path.join(args.out, 'metrics.json'), 'w') as f:
-        json.dump(dict(config=vars(args), results=results), f, indent=2)
+    data.write_json(os.path.join(args.out, 'metrics.json'), dict(config=vars(args), results=results))
 
     print(f'\n{args.dataset}, K = {args.K}, {args.n_samples} samples per method')
     cols = ['modes', 'hq_fraction', 'spread_min', 'spread_max', 'energy_distance', 'train_seconds']
@@ -262,25 +265,38 @@ def main(args):
     print(f'wrote {fig_path}, metrics.json and samples_<method>.npy to {os.path.abspath(args.out)}')
 
 
-if __name__ == '__main__':
+def unit_interval(text):
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f'must be in [0, 1], got {text}')
+    return value
+
+
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--prior', default='all', choices=list(METHODS) + ['all'],
                    help='RGM prior (kld, mmd, dswd), the MMSE baseline, or all four (default)')
     p.add_argument('--dataset', default='8gaussians', choices=list(DATASETS))
-    p.add_argument('--K', type=int, default=4, help='number of degradation steps = NFE')
-    p.add_argument('--iters', type=int, default=None, help='training iterations (default: per method)')
-    p.add_argument('--batch-size', type=int, default=None, help='default: per method (1000; MMD 500)')
-    p.add_argument('--lam', type=float, default=None, help='fidelity weight (default: per method)')
-    p.add_argument('--lr-decay', type=float, default=None,
+    p.add_argument('--K', type=data.positive_int, default=4, help='number of degradation steps = NFE')
+    p.add_argument('--iters', type=data.positive_int, default=None, help='training iterations (default: per method)')
+    p.add_argument('--batch-size', type=data.positive_int, default=None, help='default: per method (1000; MMD 500)')
+    p.add_argument('--lam', type=data.nonnegative_float, default=None, help='fidelity weight (default: per method)')
+    p.add_argument('--lr-decay', type=unit_interval, default=None,
                    help="share of the last iterations over which G's lr falls to 0 (default: per method)")
     p.add_argument('--sw-p', type=int, default=1, choices=[1, 2],
                    help="DSWD's SW_p (the paper's is 2, with lam 1; README: why 1 here)")
-    p.add_argument('--nz', type=int, default=2, help='latent dimension; 0 = no z (ablation)')
+    p.add_argument('--nz', type=data.nonnegative_int, default=2, help='latent dimension; 0 = no z (ablation)')
     p.add_argument('--posterior', action='store_true', help='Algorithm 1 instead of Algorithm 2')
-    p.add_argument('--n-samples', type=int, default=10000, help='samples drawn for figure and metrics')
+    p.add_argument('--n-samples', type=data.positive_int, default=10000, help='samples drawn for figure and metrics')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default='cpu')
-    p.add_argument('--threads', type=int, default=1,
+    p.add_argument('--threads', type=data.positive_int, default=1,
                    help='CPU threads; these small networks run fastest on one (bench/toy2d.py)')
-    p.add_argument('--out', default='runs/toy2d', help='output folder')
-    main(p.parse_args())
+    p.add_argument('--out', default='runs/toy2d', help='output folder; one that holds files needs --overwrite')
+    p.add_argument('--overwrite', action='store_true',
+                   help="replace an earlier run's outputs in --out (toy2d.png, metrics.json, samples_*.npy)")
+    return p
+
+
+if __name__ == '__main__':
+    main(build_parser().parse_args())

@@ -30,12 +30,12 @@ import os
 import re
 import resource
 import time
+import urllib.error
 import warnings
 
 import torch
 import torch.distributed as dist
 import torchvision
-from PIL import Image
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torchvision import transforms
 from tqdm import tqdm
@@ -82,7 +82,9 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp')
 # Data: images in [-1, 1]; the random horizontal flip happens on the device (see the loop).
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Every image under a folder (recursively), as (image, 0) like torchvision's data sets."""
+    """Every image under a folder (recursively), as (image, 0) like torchvision's data sets. Files are
+    read by data.open_image (16-bit files scaled to 8 bits); one that cannot be decoded stops the run
+    naming it (train() can check them all first: --check-images)."""
 
     def __init__(self, root, transform):
         if not os.path.isdir(root):
@@ -97,8 +99,7 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        with Image.open(self.files[i]) as img:
-            return self.transform(img.convert('RGB')), 0
+        return self.transform(data.open_image(self.files[i], 'RGB')), 0
 
 
 def build_dataset(name, data_dir, image_size, fake_size=64, download=True):
@@ -111,7 +112,12 @@ def build_dataset(name, data_dir, image_size, fake_size=64, download=True):
     tf = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size),
                              transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
     if name == 'cifar10':
-        return torchvision.datasets.CIFAR10(data_dir, train=True, transform=tf, download=download)
+        try:
+            return torchvision.datasets.CIFAR10(data_dir, train=True, transform=tf, download=download)
+        except (urllib.error.URLError, OSError) as e:
+            raise RuntimeError(f'CIFAR-10 is not in --data-dir {data_dir!r} and cannot be downloaded ({e}): put '
+                               f'cifar-10-python.tar.gz (from https://www.cs.toronto.edu/~kriz/) into {data_dir!r} '
+                               'and run again') from e
     if name in ('celeba_hq', 'folder'):
         return ImageFiles(data_dir, tf)
     if name == 'lsun_church':
@@ -152,6 +158,33 @@ def split_batch(batch_size, world_size, group_size):
         raise ValueError(f'the per-process batch {local} (= {batch_size} / {world_size} processes) is not '
                          f'divisible by the discriminator\'s minibatch-std group {group_size}')
     return local
+
+
+RUN_FILES = ('config.json', 'log.jsonl', 'samples', 'checkpoints')     # what a run writes in --out
+CHECK_AUTO_MAX = 30_000         # --check-images auto: decode every file of folders up to this size
+
+
+def check_folder(dataset, policy, skip, master):
+    """Decode every image of a folder data set before training (policy 'all', or 'auto' for folders of
+    up to CHECK_AUTO_MAX files) on rank 0, shared with the other ranks. Bad files stop the run, named,
+    or with `skip` are dropped from the data set with a warning."""
+    if policy == 'none' or (policy == 'auto' and len(dataset.files) > CHECK_AUTO_MAX):
+        return
+    bad = [data.check_images(dataset.files) if master else None]
+    if dist.is_initialized():
+        dist.broadcast_object_list(bad, src=0)
+    bad = bad[0]
+    if not bad:
+        return
+    listing = '; '.join(f'{path}: {reason}' for path, reason in bad[:10]) + (' ...' if len(bad) > 10 else '')
+    if not skip:
+        raise OSError(f'{len(bad)} of {len(dataset.files)} images cannot be read: {listing}. Remove or repair '
+                      'them, or pass --skip-bad-images to train without them')
+    dataset.files = [p for p in dataset.files if p not in {path for path, _ in bad}]
+    if master:
+        warnings.warn(f'--skip-bad-images: training without {len(bad)} unreadable images: {listing}')
+    if not dataset.files:
+        raise OSError('no readable image is left in the folder')
 
 
 # ----------------------------------------------------------------------------
@@ -396,12 +429,21 @@ def train(args, rank, world_size, device):
         dist.all_reduce(restart, op=dist.ReduceOp.MAX)
     restarted = int(restart) > 0
     found = checkpoints(ckpt_dir)
-    if found and not (args.resume or restarted):
-        raise FileExistsError(f'{args.out} already holds checkpoints: pass --resume to continue that run, '
-                              'or choose another --out')
-    if args.resume and not found:
-        raise FileNotFoundError(f'--resume: no checkpoint under {ckpt_dir}')
-    resume_path = found[max(found)] if found else None
+    if args.resume or restarted:
+        if not found:
+            raise FileNotFoundError(f'--resume: no checkpoint under {ckpt_dir}')
+        resume_path = found[max(found)]
+        if args.resume not in (None, 'latest'):        # --resume PATH: an earlier checkpoint of this run
+            if os.path.realpath(args.resume) not in {os.path.realpath(p) for p in found.values()}:
+                raise FileNotFoundError(f'--resume {args.resume}: not one of the checkpoints of {args.out} '
+                                        f'({", ".join(sorted(os.path.basename(p) for p in found.values()))})')
+            resume_path = args.resume if not restarted else resume_path
+    else:
+        if found and not args.overwrite:
+            raise FileExistsError(f'{args.out} already holds checkpoints: pass --resume to continue that run, '
+                                  '--overwrite to start over in it, or choose another --out')
+        data.prepare_out(args.out, RUN_FILES, args.overwrite, 'training run', remove=master)
+        resume_path = None
 
     # ---- data ----
     if master and args.dataset in ('cifar10', 'fashion_mnist'):
@@ -409,6 +451,8 @@ def train(args, rank, world_size, device):
     if dist.is_initialized():
         dist.barrier()
     dataset = build_dataset(args.dataset, args.data_dir, image_size, args.fake_size, download=False)
+    if isinstance(dataset, ImageFiles):
+        check_folder(dataset, args.check_images, args.skip_bad_images, master)
     steps_per_epoch = len(dataset) // args.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f'the data set has {len(dataset)} images, fewer than one --batch-size {args.batch_size}')
@@ -441,7 +485,12 @@ def train(args, rank, world_size, device):
     # ---- resume ----
     start_step = 0
     if resume_path:
-        ckpt = models.load_checkpoint(resume_path)
+        try:
+            ckpt = models.load_checkpoint(resume_path)
+        except (RuntimeError, ValueError) as e:
+            others = sorted(p for p in found.values() if p != resume_path)
+            raise RuntimeError(f'{e}. Resume from an earlier checkpoint of the run with --resume PATH'
+                               + (f' (there: {", ".join(others)})' if others else ' (there is none)')) from e
         check_same_run(ckpt, resume_path, meta, G_kwargs, D_kwargs, args.batch_size)
         for module, key in [(G, 'G'), (G_ema, 'G_ema'), (D, 'D'), (opt_G, 'opt_G'), (opt_D, 'opt_D'),
                             (sched_G, 'sched_G'), (sched_D, 'sched_D')]:
@@ -473,6 +522,13 @@ def train(args, rank, world_size, device):
         os.makedirs(ckpt_dir, exist_ok=True)
         for tmp in glob.glob(os.path.join(ckpt_dir, '.tmp-*')):      # left by a save that was killed
             os.remove(tmp)
+        newer = [path for step_, path in found.items() if start_step and step_ > start_step]
+        if newer:               # --resume PATH went back: keep the later checkpoints aside, not in the way
+            aside = os.path.join(ckpt_dir, f'superseded_from_{start_step:08d}')
+            os.makedirs(aside, exist_ok=True)
+            for path in newer:
+                os.replace(path, os.path.join(aside, os.path.basename(path)))
+            print(f'--resume {resume_path}: moved {len(newer)} later checkpoint(s) to {aside}')
         with open(os.path.join(args.out, 'config.json'), 'w') as f:
             json.dump(dict(config, G_kwargs=G_kwargs, D_kwargs=D_kwargs, meta=meta), f, indent=2)
         records = []
@@ -571,6 +627,13 @@ def train(args, rank, world_size, device):
         print(f'done: step {step}, checkpoints in {ckpt_dir}')
 
 
+def unit_interval(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f'must be in [0, 1), got {text}')
+    return value
+
+
 def parse_args(argv=None):
     """Flags; a --preset sets the defaults, and flags given explicitly override them."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -583,45 +646,53 @@ def parse_args(argv=None):
                         '(--data-dir holds church_outdoor_train_lmdb; needs `pip install lmdb`), folder (any '
                         'folder of images, see --image-size), fake (random images, for tests)')
     g.add_argument('--data-dir', default='data')
-    g.add_argument('--image-size', type=int, default=None, help='resize + center crop to this side (default: --net\'s)')
-    g.add_argument('--fake-size', type=int, default=64, help='number of images of --dataset fake')
-    g.add_argument('--workers', type=int, default=4, help='data loading processes per rank')
+    g.add_argument('--image-size', type=data.positive_int, default=None, help='resize + center crop to this side (default: --net\'s)')
+    g.add_argument('--fake-size', type=data.positive_int, default=64, help='number of images of --dataset fake')
+    g.add_argument('--check-images', default='auto', choices=['auto', 'all', 'none'],
+                   help=f'folder data sets: decode every file before training (auto: folders of up to '
+                        f'{CHECK_AUTO_MAX} files)')
+    g.add_argument('--skip-bad-images', action='store_true', help='train without the files the check cannot read')
+    g.add_argument('--workers', type=data.nonnegative_int, default=4, help='data loading processes per rank')
     g = p.add_argument_group('model')
     g.add_argument('--net', default='cifar10', choices=sorted(models.CONFIGS), help='network sizes (models.CONFIGS)')
     g.add_argument('--schedule', default='d', choices=sorted(SCHEDULES), help='forward process: d, sr_naive, sr')
-    g.add_argument('--K', type=int, default=4, help='degradation steps = NFE (1 = the single-step ablation)')
+    g.add_argument('--K', type=data.positive_int, default=4, help='degradation steps = NFE (1 = the single-step ablation)')
     g.add_argument('--discretisation', default='original', choices=['original', 'square', 'geometric'])
     g.add_argument('--posterior', action='store_true', help='Algorithm 1 (posterior sampling, d only)')
     g.add_argument('--prior', default='kld', choices=PRIOR_CHOICES,
                    help='kld, mmd, dswd (RGM), or mmse: the MMSE baseline ||G(x_{k+1}, k) - x0||^2, no z, no D')
     g.add_argument('--nz', type=int, default=None, help='latent dimension (default: --net\'s; 0 = no z)')
-    g.add_argument('--lam', type=float, default=1e-3, help='fidelity weight lambda (0 = no fidelity)')
+    g.add_argument('--lam', type=data.nonnegative_float, default=1e-3, help='fidelity weight lambda (0 = no fidelity)')
     g.add_argument('--mmd-bandwidths', type=float, nargs='+', default=[1.0, 2.0, 4.0, 8.0, 16.0])
-    g.add_argument('--dswd-projections', type=int, default=1000)
-    g.add_argument('--dswd-steps', type=int, default=10, help='inner steps that fit the DSWD directions')
+    g.add_argument('--dswd-projections', type=data.positive_int, default=1000)
+    g.add_argument('--dswd-steps', type=data.positive_int, default=10, help='inner steps that fit the DSWD directions')
     g = p.add_argument_group('optimisation')
-    g.add_argument('--batch-size', type=int, default=256, help='global batch, split over the processes')
-    g.add_argument('--lr-G', type=float, default=1.6e-4)
-    g.add_argument('--lr-D', type=float, default=1e-4, help='also the TransformNet\'s (DSWD)')
-    g.add_argument('--lr-tmax', type=int, default=1800, help='cosine decay length in epochs (0 = constant lr)')
-    g.add_argument('--lr-min', type=float, default=1e-5)
-    g.add_argument('--r1-gamma', type=float, default=0.02)
-    g.add_argument('--lazy-reg', type=int, default=15, help='R1 every this many steps')
-    g.add_argument('--ema-decay', type=float, default=0.9999)
-    g.add_argument('--max-steps', type=int, default=200_000)
+    g.add_argument('--batch-size', type=data.positive_int, default=256, help='global batch, split over the processes')
+    g.add_argument('--lr-G', type=data.positive_float, default=1.6e-4)
+    g.add_argument('--lr-D', type=data.positive_float, default=1e-4, help='also the TransformNet\'s (DSWD)')
+    g.add_argument('--lr-tmax', type=data.nonnegative_int, default=1800, help='cosine decay length in epochs (0 = constant lr)')
+    g.add_argument('--lr-min', type=data.nonnegative_float, default=1e-5)
+    g.add_argument('--r1-gamma', type=data.nonnegative_float, default=0.02)
+    g.add_argument('--lazy-reg', type=data.positive_int, default=15, help='R1 every this many steps')
+    g.add_argument('--ema-decay', type=unit_interval, default=0.9999)
+    g.add_argument('--max-steps', type=data.positive_int, default=200_000)
     g.add_argument('--amp', action='store_true', help='bfloat16 autocast')
     g.add_argument('--channels-last', action='store_true')
     g.add_argument('--compile', action='store_true', help='torch.compile G and D')
     g = p.add_argument_group('run')
     g.add_argument('--out', default='runs/rgm', help='run directory')
-    g.add_argument('--resume', action='store_true', help='continue from the latest checkpoint in --out')
-    g.add_argument('--ckpt-every', type=int, default=5000)
-    g.add_argument('--keep-ckpts', type=int, default=3, help='checkpoints kept (the latest; 0 = all)')
-    g.add_argument('--sample-every', type=int, default=5000)
-    g.add_argument('--n-samples', type=int, default=64, help='images in each EMA sample grid')
-    g.add_argument('--log-every', type=int, default=100)
+    g.add_argument('--resume', nargs='?', const='latest', metavar='PATH',
+                   help='continue the run in --out from its latest checkpoint, or from PATH (one of its checkpoints)')
+    g.add_argument('--overwrite', action='store_true',
+                   help='start a new run in an --out that already holds one (its config, log, samples and '
+                        'checkpoints are deleted first)')
+    g.add_argument('--ckpt-every', type=data.positive_int, default=5000)
+    g.add_argument('--keep-ckpts', type=data.nonnegative_int, default=3, help='checkpoints kept (the latest; 0 = all)')
+    g.add_argument('--sample-every', type=data.positive_int, default=5000)
+    g.add_argument('--n-samples', type=data.positive_int, default=64, help='images in each EMA sample grid')
+    g.add_argument('--log-every', type=data.positive_int, default=100)
     g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    g.add_argument('--threads', type=int, default=0, help='CPU threads per process (0 = torch\'s default)')
+    g.add_argument('--threads', type=data.nonnegative_int, default=0, help='CPU threads per process (0 = torch\'s default)')
     g.add_argument('--seed', type=int, default=0)
     preset = p.parse_known_args(argv)[0].preset
     if preset:

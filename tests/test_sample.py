@@ -132,7 +132,7 @@ def test_missing_corrupt_and_ema_less_checkpoints_give_clear_errors(ckpt, tmp_pa
     with pytest.raises(ValueError, match='only go with --authors-config'):
         _run(['--ckpt', str(ckpt), '--K', '7', '--out', str(tmp_path)])
     with pytest.raises(ValueError, match='--fid needs --reference'):
-        _run(['--ckpt', str(ckpt), '--fid', '--out', str(tmp_path)])
+        _run(['--ckpt', str(ckpt), '--fid', '--out', str(tmp_path / 'fid')])
 
 
 def test_authors_generator_file_is_converted_and_samples(tmp_path):

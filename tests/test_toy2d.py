@@ -1,5 +1,4 @@
 """The 2D toy: metrics against closed forms, and the paper's claims on short training runs."""
-import argparse
 import json
 import math
 
@@ -102,9 +101,8 @@ def test_lr_decay_is_linear_over_the_last_share_of_g_steps(monkeypatch):
 
 
 def test_main_writes_figure_samples_and_metrics(tmp_path):
-    args = argparse.Namespace(prior='all', dataset='8gaussians', K=2, iters=5, batch_size=100,
-                              lam=None, nz=2, posterior=False, n_samples=5000, seed=0,
-                              device='cpu', threads=1, out=str(tmp_path), lr_decay=None, sw_p=1)
+    args = toy2d.build_parser().parse_args(['--K', '2', '--iters', '5', '--batch-size', '100',
+                                            '--n-samples', '5000', '--out', str(tmp_path)])
     toy2d.main(args)
     for method in toy2d.METHODS:
         x = np.load(tmp_path / f'samples_{method}.npy')

@@ -1,0 +1,250 @@
+"""Bad and unusual inputs to the four command lines, table-driven: each case asserts the exit (an
+argparse error, status 2, or a named exception), a message that names the problem, and that an
+existing run directory is byte-for-byte unchanged. Files are built in tmp_path: 16-bit, RGBA,
+palette, truncated and zero-byte images, duplicate file names, text and truncated checkpoints.
+Everything runs in this process (parse_args / main), no Python is spawned."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data
+import models
+import pnp
+import sample
+import toy2d
+import train_images as ti
+
+META = dict(schedule='d', K=4, discretisation='original', posterior=False, nz=8, image_size=32, channels=3)
+
+
+def snapshot(folder):
+    """{relative path: bytes} of every file under a folder."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+@pytest.fixture(scope='module')
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    G, D = models.build_networks('tiny')
+    path = tmp_path_factory.mktemp('ckpt') / 'ckpt.pt'
+    models.save_checkpoint(dict(format=models.CKPT_FORMAT, G_kwargs=dict(models.CONFIGS['tiny']['G']),
+                                D_kwargs=dict(models.CONFIGS['tiny']['D']), meta=dict(META),
+                                G=G.state_dict(), G_ema=None, D=D.state_dict()), path)
+    return path
+
+
+@pytest.fixture()
+def old_run(tmp_path):
+    """An output folder holding an earlier run's files."""
+    out = tmp_path / 'out'
+    (out / 'png').mkdir(parents=True)
+    (out / 'png' / '000000.png').write_bytes(b'old sample')
+    (out / 'metrics.json').write_text('{"old": 1}')
+    (out / 'notes.txt').write_text('mine')
+    return out
+
+
+# ---- counts and scales refused at parsing, before anything is read or written -------------------
+
+PARSE_ERRORS = [
+    (ti.parse_args, ['--log-every', '0'], '--log-every'),
+    (ti.parse_args, ['--sample-every', '-1'], '--sample-every'),
+    (ti.parse_args, ['--ckpt-every', '0'], '--ckpt-every'),
+    (ti.parse_args, ['--n-samples', '0'], '--n-samples'),
+    (ti.parse_args, ['--max-steps', '-5'], '--max-steps'),
+    (ti.parse_args, ['--batch-size', '0'], '--batch-size'),
+    (ti.parse_args, ['--ema-decay', '1.5'], '--ema-decay'),
+    (ti.parse_args, ['--seed', '0', '--lr-G=-1e-4'], '--lr-G'),
+    (ti.parse_args, ['--K', '0'], '--K'),
+    (lambda a: sample.build_parser().parse_args(a), ['--ckpt', 'x.pt', '--n', '0'], '--n'),
+    (lambda a: sample.build_parser().parse_args(a), ['--ckpt', 'x.pt', '--n', '-3'], '--n'),
+    (lambda a: sample.build_parser().parse_args(a), ['--ckpt', 'x.pt', '--batch-size', '0'], '--batch-size'),
+    (lambda a: sample.build_parser().parse_args(a), ['--ckpt', 'x.pt', '--batch-size', '-4'], '--batch-size'),
+    (lambda a: pnp.build_parser().parse_args(a), ['--task', 'sr2', '--ckpt', 'x', '--folder', 'f', '--out', 'o',
+                                                   '--n', '0'], '--n'),
+    (lambda a: pnp.build_parser().parse_args(a), ['--task', 'sr2', '--ckpt', 'x', '--folder', 'f', '--out', 'o',
+                                                   '--n', '-1'], '--n'),
+    (lambda a: pnp.build_parser().parse_args(a), ['--task', 'sr2', '--ckpt', 'x', '--folder', 'f', '--out', 'o',
+                                                   '--batch-size', '0'], '--batch-size'),
+    (lambda a: pnp.build_parser().parse_args(a), ['--task', 'denoise', '--ckpt', 'x', '--folder', 'f', '--out', 'o',
+                                                   '--sigma-y', '-25'], '--sigma-y'),
+    (lambda a: toy2d.build_parser().parse_args(a), ['--iters', '-5'], '--iters'),
+    (lambda a: toy2d.build_parser().parse_args(a), ['--n-samples', '0'], '--n-samples'),
+    (lambda a: toy2d.build_parser().parse_args(a), ['--lr-decay', '2'], '--lr-decay'),
+]
+
+
+@pytest.mark.parametrize('parse, argv, flag', PARSE_ERRORS, ids=[' '.join(a[-2:]) for _, a, _ in PARSE_ERRORS])
+def test_zero_and_negative_counts_fail_at_parsing(parse, argv, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and ('positive' in err or '0 or more' in err or '[0, 1' in err)
+
+
+# ---- the --out rule: refuse a folder with files unless --overwrite, then no stale outputs ----------
+
+def test_sample_refuses_a_used_folder_and_overwrite_leaves_no_stale_png(ckpt, old_run):
+    before = snapshot(old_run)
+    argv = ['--ckpt', str(ckpt), '--no-ema', '--n', '2', '--batch-size', '2', '--format', 'png', '--out', str(old_run)]
+    with pytest.raises(FileExistsError, match='--overwrite'):
+        sample.main(sample.build_parser().parse_args(argv))
+    assert snapshot(old_run) == before
+    sample.main(sample.build_parser().parse_args(argv + ['--overwrite']))
+    assert sorted(p.name for p in (old_run / 'png').iterdir()) == ['000000.png', '000001.png']
+    assert Image.open(old_run / 'png' / '000000.png').size == (32, 32)               # new, not the old bytes
+    assert (old_run / 'notes.txt').read_text() == 'mine'                               # not ours: kept
+    assert json.loads((old_run / 'metrics.json').read_text())['n'] == 2
+
+
+def test_toy2d_refuses_a_used_folder(old_run):
+    before = snapshot(old_run)
+    with pytest.raises(FileExistsError, match='--overwrite'):
+        toy2d.main(toy2d.build_parser().parse_args(['--iters', '1', '--out', str(old_run)]))
+    assert snapshot(old_run) == before
+
+
+def test_pnp_refuses_a_used_folder_and_denoise_needs_noise(ckpt, old_run, tmp_path):
+    images = tmp_path / 'imgs'
+    images.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(images / 'a.png')
+    before = snapshot(old_run)
+    base = ['--ckpt', str(ckpt), '--no-ema', '--folder', str(images), '--out', str(old_run), '--M', '1']
+    with pytest.raises(FileExistsError, match='--overwrite'):
+        pnp.main(pnp.build_parser().parse_args(['--task', 'sr2'] + base))
+    with pytest.raises(ValueError, match='--sigma-y > 0'):
+        pnp.main(pnp.build_parser().parse_args(['--task', 'denoise', '--sigma-y', '0'] + base))
+    assert snapshot(old_run) == before
+    pnp.main(pnp.build_parser().parse_args(['--task', 'denoise'] + base + ['--overwrite']))
+    summary = json.loads((old_run / 'summary.json').read_text())                     # strict JSON
+    assert summary['sigma_y'] == 25.0 and (old_run / 'png').is_dir() and (old_run / 'notes.txt').is_file()
+
+
+def test_pnp_refuses_inputs_with_the_same_file_name(ckpt, tmp_path):
+    for sub in ('a', 'b'):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / sub / 'x.png')
+    with pytest.raises(ValueError, match='same file name'):
+        pnp.main(pnp.build_parser().parse_args(['--task', 'sr2', '--ckpt', str(ckpt), '--no-ema', '--image',
+                                                str(tmp_path / 'a' / 'x.png'), str(tmp_path / 'b' / 'x.png'),
+                                                '--out', str(tmp_path / 'o')]))
+    assert not (tmp_path / 'o').exists()
+
+
+def test_json_never_holds_nan_or_infinity(tmp_path):
+    data.write_json(tmp_path / 'x.json', dict(psnr=float('inf'), ssim=[1.0, float('nan')]))
+    assert json.loads((tmp_path / 'x.json').read_text(), parse_constant=pytest.fail) == dict(psnr=None, ssim=[1.0, None])
+
+
+# ---- image files: one reader, 16-bit scaled, bad files named ------------------------------------
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    values = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)          # 0 .. 65472, mean 32736
+    Image.fromarray(values).save(tmp_path / 'deep.png')
+    assert Image.open(tmp_path / 'deep.png').mode.startswith('I')
+    im = np.asarray(data.open_image(tmp_path / 'deep.png'), np.float64)
+    assert im.mean() == pytest.approx(values.mean() * 255 / 65535, abs=0.01)
+    x = pnp.pil_to_model(data.open_image(tmp_path / 'deep.png'))
+    assert x.shape == (1, 32, 32) and x.mean().item() == pytest.approx(values.mean() / 65535 * 2 - 1, abs=2e-3)
+
+
+@pytest.mark.parametrize('mode', ['RGBA', 'P', 'LA'])
+def test_alpha_and_palette_images_are_read_as_rgb_or_gray(tmp_path, mode):
+    rgb = Image.fromarray(np.full((8, 8, 3), 200, np.uint8))
+    im = {'RGBA': rgb.convert('RGBA'), 'P': rgb.convert('P', palette=Image.Palette.ADAPTIVE),
+          'LA': rgb.convert('L').convert('LA')}[mode]
+    im.save(tmp_path / 'x.png')
+    out = data.open_image(tmp_path / 'x.png')
+    assert out.mode == ('L' if mode == 'LA' else 'RGB') and np.asarray(out).mean() == pytest.approx(200, abs=1)
+
+
+@pytest.mark.parametrize('content', [b'', b'not an image at all'])
+def test_unreadable_image_names_the_file(tmp_path, content):
+    (tmp_path / 'bad.png').write_bytes(content)
+    with pytest.raises(OSError, match='bad.png'):
+        data.open_image(tmp_path / 'bad.png')
+
+
+def _folder_with_a_truncated_image(tmp_path):
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f'{i}.png')
+    whole = (folder / '3.png').read_bytes()
+    (folder / '3.png').write_bytes(whole[:len(whole) // 2])
+    return folder
+
+
+def test_training_checks_the_folder_first_and_can_skip_bad_files(tmp_path):
+    folder = _folder_with_a_truncated_image(tmp_path)
+    argv = ['--preset', 'tiny', '--dataset', 'folder', '--data-dir', str(folder), '--image-size', '16',
+            '--batch-size', '4', '--max-steps', '1', '--device', 'cpu']
+    with pytest.raises(OSError, match=r'3\.png.*--skip-bad-images'):
+        ti.main(ti.parse_args(argv + ['--out', str(tmp_path / 'a')]))
+    with pytest.warns(UserWarning, match='3.png'):
+        ti.main(ti.parse_args(argv + ['--out', str(tmp_path / 'b'), '--skip-bad-images']))
+    assert ti.checkpoints(tmp_path / 'b' / 'checkpoints')
+
+
+# ---- runs, resume and checkpoints ---------------------------------------------------------------
+
+@pytest.fixture()
+def tiny_run(tmp_path):
+    out = tmp_path / 'run'
+    ti.main(ti.parse_args(['--preset', 'tiny', '--image-size', '16', '--fake-size', '16', '--max-steps', '4',
+                           '--ckpt-every', '2', '--keep-ckpts', '0', '--device', 'cpu', '--out', str(out)]))
+    return out
+
+
+def test_training_refuses_a_used_folder_and_bad_resumes_change_nothing(tiny_run, tmp_path):
+    before = snapshot(tiny_run)
+    cases = [
+        (['--out', str(tiny_run)], FileExistsError, '--resume'),
+        (['--out', str(tiny_run), '--resume', str(tmp_path / 'elsewhere.pt')], FileNotFoundError, 'not one of'),
+    ]
+    for argv, error, message in cases:
+        with pytest.raises(error, match=message):
+            ti.main(ti.parse_args(['--preset', 'tiny', '--image-size', '16', '--fake-size', '16', '--device', 'cpu']
+                                  + argv))
+        assert snapshot(tiny_run) == before
+    (tmp_path / 'loose').mkdir()
+    (tmp_path / 'loose' / 'config.json').write_text('{}')
+    with pytest.raises(FileExistsError, match='--overwrite'):
+        ti.main(ti.parse_args(['--preset', 'tiny', '--out', str(tmp_path / 'loose')]))
+    assert snapshot(tmp_path / 'loose') == {'config.json': b'{}'}
+
+
+def test_truncated_latest_checkpoint_points_to_resume_path_which_works(tiny_run):
+    ckpts = ti.checkpoints(tiny_run / 'checkpoints')
+    latest = Path(ckpts[4])
+    latest.write_bytes(latest.read_bytes()[:500])
+    base = ['--preset', 'tiny', '--image-size', '16', '--fake-size', '16', '--device', 'cpu', '--max-steps', '6',
+            '--ckpt-every', '2', '--keep-ckpts', '0', '--out', str(tiny_run)]
+    with pytest.raises(RuntimeError, match='truncated.*--resume PATH'):
+        ti.main(ti.parse_args(base + ['--resume']))
+    ti.main(ti.parse_args(base + ['--resume', ckpts[2]]))
+    after = ti.checkpoints(tiny_run / 'checkpoints')
+    assert sorted(after) == [2, 4, 6]
+    models.load_checkpoint(after[4])                                   # rewritten whole by the resumed run
+    assert (tiny_run / 'checkpoints' / 'superseded_from_00000002' / 'ckpt_00000004.pt').is_file()
+
+
+def test_text_file_as_checkpoint_is_not_called_cut_short(tmp_path):
+    (tmp_path / 'notes.pt').write_text('hello')
+    with pytest.raises(RuntimeError, match='not a PyTorch checkpoint'):
+        models.load_checkpoint(tmp_path / 'notes.pt')
+
+
+def test_ema_less_checkpoint_hint_is_a_flag_of_both_scripts(ckpt, tmp_path):
+    for main, argv in [(sample.main, sample.build_parser().parse_args(['--ckpt', str(ckpt), '--out', str(tmp_path / 's')])),
+                       (pnp.main, pnp.build_parser().parse_args(['--task', 'sr2', '--ckpt', str(ckpt), '--folder',
+                                                                 str(tmp_path), '--out', str(tmp_path / 'p')]))]:
+        with pytest.raises(KeyError, match='--no-ema in sample.py and pnp.py'):
+            main(argv)

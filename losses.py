@@ -1,4 +1,4 @@
-"""RGM objectives: the data-fidelity term and the learned priors (RGM_MATH sections 2 and 4).
+"""RGM objectives: the data-fidelity term and the learned priors (paper Eqs. 5-8, Appendix B.2).
 
     L_G = lam * fidelity(x_{k+1}, x0_hat)  +  g_phi(x_k_hat)                     (Eq. 8)
 

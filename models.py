@@ -5,6 +5,7 @@ k+1 and ``k`` the *target* level (an int64 tensor of shape (B,)); G returns an e
 of the clean sample x0. Discriminators are called as ``D(x_k, k)`` on samples of level k.
 """
 import argparse
+import functools
 import math
 import os
 import tempfile
@@ -82,12 +83,23 @@ class ToyDiscriminator(nn.Module):
 # the uncompiled D (torch.compile(D) shares its parameters).
 
 
-def _init(layer, scale=1.0, chunks=1):
-    """The authors' initialisation (DDPM's variance scaling, fan_avg, uniform): weights
-    U(-a, a) with a^2 = 3 scale / fan_avg, scale 0 meaning 1e-10; biases zero. `chunks`
+def _init(layer, scale=1.0, chunks=1, fan='avg'):
+    """The authors' initialisation: weights U(-a, a), biases zero, scale 0 meaning 1e-10. They use
+    two rules, and so do we, layer by layer as they do:
+      fan='avg'  DDPM's variance scaling (the NCSN++ body):  a^2 = 3 scale / ((fan_in + fan_out) / 2);
+      fan='out'  their StyleGAN-style dense/conv helpers (the mapping network, the style layers of
+                 the adaptive group norms, every discriminator layer). These mean to use fan_avg too
+                 but compute fan_out:  a^2 = 3 scale / max(1, fan_out).
+    fan_in = in_features (x kernel area), fan_out = out_features (x kernel area). `chunks`
     initialises stacked layers (q, k, v) as separate square ones."""
     for w in layer.weight.data.chunk(chunks):
-        nn.init.xavier_uniform_(w, gain=math.sqrt(scale or 1e-10))
+        if fan == 'avg':
+            nn.init.xavier_uniform_(w, gain=math.sqrt(scale or 1e-10))
+        elif fan == 'out':
+            bound = math.sqrt(3 * (scale or 1e-10) / max(1, w.shape[0] * w[0, 0].numel()))
+            nn.init.uniform_(w, -bound, bound)
+        else:
+            raise ValueError(f"fan must be 'avg' or 'out', got {fan!r}")
     if layer.bias is not None:
         nn.init.zeros_(layer.bias)
     return layer
@@ -137,7 +149,7 @@ class AdaGN(nn.Module):
     def __init__(self, ch, z_emb_dim):
         super().__init__()
         self.norm = nn.GroupNorm(_groups(ch), ch, eps=1e-6, affine=False)
-        self.style = _init(nn.Linear(z_emb_dim, 2 * ch))
+        self.style = _init(nn.Linear(z_emb_dim, 2 * ch), fan='out')
         self.style.bias.data[:ch] = 1
 
     def forward(self, x, zemb):
@@ -231,7 +243,7 @@ class NCSNpp(nn.Module):
         # Mapping network: PixelNorm, then Linear + SiLU layers (StyleGAN).
         layers = [PixelNorm()]
         for d_in in [nz] + [z_emb_dim] * n_mlp:
-            layers += [_init(nn.Linear(d_in, z_emb_dim)), nn.SiLU()]
+            layers += [_init(nn.Linear(d_in, z_emb_dim), fan='out'), nn.SiLU()]
         self.map_z = nn.Sequential(*layers)
         # k embedding: sinusoids, Linear, SiLU, Linear.
         self.map_k = nn.Sequential(_init(nn.Linear(channels, emb_dim)), nn.SiLU(), _init(nn.Linear(emb_dim, emb_dim)))
@@ -307,10 +319,10 @@ class DownBlock(nn.Module):
     def __init__(self, in_ch, out_ch, emb_dim, down):
         super().__init__()
         self.down = down
-        self.conv1 = _init(nn.Conv2d(in_ch, out_ch, 3, padding=1))
-        self.dense_k = _init(nn.Linear(emb_dim, out_ch))
-        self.conv2 = _init(nn.Conv2d(out_ch, out_ch, 3, padding=1), scale=0)
-        self.skip = _init(nn.Conv2d(in_ch, out_ch, 1, bias=False))
+        self.conv1 = _init(nn.Conv2d(in_ch, out_ch, 3, padding=1), fan='out')     # D: the fan_out rule (_init)
+        self.dense_k = _init(nn.Linear(emb_dim, out_ch), fan='out')
+        self.conv2 = _init(nn.Conv2d(out_ch, out_ch, 3, padding=1), scale=0, fan='out')
+        self.skip = _init(nn.Conv2d(in_ch, out_ch, 1, bias=False), fan='out')
         if down:
             self.register_buffer('fir', fir_kernel(), persistent=False)
 
@@ -342,13 +354,14 @@ class Discriminator(nn.Module):
         if image_size != 4 * 2 ** n_down or n_down > len(ch_mult):
             raise ValueError(f'image_size {image_size} must be 4 * 2^n with n <= len(ch_mult) = {len(ch_mult)}')
         self.emb_dim, self.group_size = emb_dim, group_size
-        self.map_k = nn.Sequential(_init(nn.Linear(emb_dim, emb_dim)), nn.LeakyReLU(0.2), _init(nn.Linear(emb_dim, emb_dim)))
-        self.conv_in = _init(nn.Conv2d(in_channels, 2 * channels, 1))
+        dense = functools.partial(_init, fan='out')                         # every D layer: the fan_out rule
+        self.map_k = nn.Sequential(dense(nn.Linear(emb_dim, emb_dim)), nn.LeakyReLU(0.2), dense(nn.Linear(emb_dim, emb_dim)))
+        self.conv_in = dense(nn.Conv2d(in_channels, 2 * channels, 1))
         widths = [2 * channels] + [channels * m for m in ch_mult]
         self.blocks = nn.ModuleList(
             DownBlock(widths[i], widths[i + 1], emb_dim, down=i >= len(ch_mult) - n_down) for i in range(len(ch_mult)))
-        self.conv_out = _init(nn.Conv2d(widths[-1] + 1, widths[-1], 3, padding=1), scale=0 if zero_final else 1)
-        self.linear_out = _init(nn.Linear(widths[-1], 1))
+        self.conv_out = dense(nn.Conv2d(widths[-1] + 1, widths[-1], 3, padding=1), scale=0 if zero_final else 1)
+        self.linear_out = dense(nn.Linear(widths[-1], 1))                  # fan_out 1: U(-sqrt 3, sqrt 3)
 
     def forward(self, x_k, k):
         emb = F.leaky_relu(self.map_k(timestep_embedding(k, self.emb_dim).to(x_k.dtype)), 0.2)

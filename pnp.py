@@ -50,7 +50,7 @@ class SVDOperator:
 
     def prox(self, v, y, lam):
         """prox_{lam f}(v) = (I + lam H^T H)^{-1} (v + lam H^T y) = V diag(1 / (1 + lam s^2)) V^T (v + lam H^T y)
-        (RGM_MATH section 6). The full V: null-space coordinates of v pass through unchanged."""
+        (Algorithm 4's data step). The full V: null-space coordinates of v pass through unchanged."""
         c = self.Vt(v + lam * self.Ht(y))
         return self.V(torch.cat([c[:, :self.m] / (1 + lam * self.s.to(c) ** 2), c[:, self.m:]], 1))
 
@@ -219,7 +219,8 @@ def drs(y, op, denoise, x_init=None, M=10, J=1, alpha=0.2, lam=0.1, return_itera
     return_iterate: 'x' (the authors' choice), 'y' (the denoised iterate), 'prox' (z, which fits the
     data) or 'all' (a dict of the three). With a Gaussian prior's exact denoiser, alpha = 1 and
     lam = sigma^2 / sigma_y^2, y and z converge to the posterior mean while x stays off it by
-    -lam H^T (H y - y_obs) (PNP_EXACT_TESTS.md section 3)."""
+    -lam H^T (H y - y_obs): at a fixed point z = y (the x update stops moving), and z = prox(2y - x)
+    reads y + lam H^T (H y - y_obs) = 2y - x, so x = y - lam H^T (H y - y_obs)."""
     if return_iterate not in ITERATES:
         raise ValueError(f'return_iterate must be one of {ITERATES}, got {return_iterate!r}')
     if M < 1 or J < 1:

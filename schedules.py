@@ -1,4 +1,4 @@
-"""Forward (degradation) processes of RGM and their posteriors (RGM_MATH section 3).
+"""Forward (degradation) processes of RGM and their posteriors (paper Section 3.2, Appendix B.1, Table 5).
 
 A forward process maps clean data x0 to level k in {0..K}: level 0 is clean, level K is
 (almost) the start distribution. Every class offers the same interface:
@@ -9,8 +9,22 @@ A forward process maps clean data x0 to level k in {0..K}: level 0 is clean, lev
     fidelity_std(k)         the std that the fidelity term divides by (Eq. 8)
     prior_sample(shape)     the start distribution of sampling, for level K
 
-`k` is an int64 tensor of shape (B,) (one level per sample) or a Python int.
+`k` is an int64 tensor of shape (B,) (one level per sample) or a Python int (one level for
+the whole batch; `std`, `fidelity_std` and the coefficient methods then return 0-dim tensors).
+Levels on the CPU are checked on every call; on a GPU they are not (reading them would stall
+the device), so the scripts check their inputs where they enter.
 Scripts pick a process through the registry `SCHEDULES`.
+
+The tables, index n = 0..N over the noise levels (N = K, or (K+1)//2 for 'sr'), paper notation:
+
+    beta_n                  the VP-SDE variance of one forward step, beta_0 = 1e-8 (a placeholder)
+    a_n = sqrt(1 - beta_n)  the signal scale of one step,  q(x_n | x_{n-1}) = N(a_n x_{n-1}, beta_n I)
+    abar_n = a_1 ... a_n    the paper's \bar{alpha}'_n, the signal scale of the marginal
+                            q(x_n | x0) = N(abar_n x0, sigmabar_n^2 I)   (A_n = abar_n I for RGM-D)
+    sigmabar_n = sqrt(1 - abar_n^2)   its noise std
+
+(DDPM's "alpha-bar", the product of the (1 - beta), is abar_n^2 here; it appears nowhere under
+its own name.)
 """
 
 import torch
@@ -40,9 +54,9 @@ def vp_coefficients(N, discretisation='original', beta_min=0.1, beta_max=20.0, e
     else:
         raise ValueError(f"unknown discretisation {discretisation!r}: "
                          "choose 'original', 'square' or 'geometric'")
-    alpha_bar = 1 - var
+    signal_power = 1 - var                                      # abar_n^2, in float64
     beta = torch.cat([torch.tensor([1e-8], dtype=torch.float64),
-                      1 - alpha_bar[1:] / alpha_bar[:-1]]).float()
+                      1 - signal_power[1:] / signal_power[:-1]]).float()
     # Like the authors, the tables are float32 from here on: sqrt(1 - 1e-8) rounds to 1,
     # so level 0 is exactly clean (abar_0 = 1, sigmabar_0 = 0).
     a = torch.sqrt(1 - beta)                                    # per-step signal scale a_n
@@ -52,14 +66,18 @@ def vp_coefficients(N, discretisation='original', beta_min=0.1, beta_max=20.0, e
 
 
 def _levels(k, K, batch, device):
-    """Check the level(s) k and return them as an int64 tensor of shape (batch,)."""
+    """Check the level(s) k and return them as an int64 tensor of shape (batch,). The values are
+    checked for a Python int and for CPU tensors; a GPU tensor's values are not read (no sync)."""
     if not torch.is_tensor(k):
-        k = torch.full((batch,), int(k), dtype=torch.long, device=device)
+        if not 0 <= int(k) <= K:
+            raise ValueError(f'level k must lie in 0..{K}, got {k}')
+        return torch.full((batch,), int(k), dtype=torch.long, device=device)
     if k.dim() != 1 or k.shape[0] != batch:
         raise ValueError(f'k must have shape ({batch},), got {tuple(k.shape)}')
-    if k.numel() and (int(k.min()) < 0 or int(k.max()) > K):
-        raise ValueError(f'level k must lie in 0..{K}, got values in '
-                         f'{int(k.min())}..{int(k.max())}')
+    if k.device.type == 'cpu' and k.numel() and not torch.compiler.is_compiling():
+        low, high = int(k.min()), int(k.max())
+        if low < 0 or high > K:
+            raise ValueError(f'level k must lie in 0..{K}, got values in {low}..{high}')
     return k.long()
 
 
@@ -68,10 +86,13 @@ def _expand(v, x):
     return v.view(-1, *([1] * (x.dim() - 1)))
 
 
-def block_average(x, d):
-    """P_d: d times 2x2 block averaging, nearest-upsampled back to full size; d is (B,)."""
+def block_average(x, d, max_d=None):
+    """P_d: d times 2x2 block averaging, nearest-upsampled back to full size; d is (B,). `max_d`
+    (a Python int, the schedule's number of halvings) bounds d without reading it from the tensor."""
+    if max_d is None:
+        max_d = int(d.max()) if d.numel() else 0
     out = x
-    for j in range(1, int(d.max()) + 1 if d.numel() else 1):
+    for j in range(1, max_d + 1):
         f = 2**j
         pooled = F.interpolate(F.avg_pool2d(x, f), scale_factor=f, mode='nearest')
         out = torch.where(_expand(d == j, x), pooled, out)
@@ -107,7 +128,9 @@ class _Schedule:
                              f'times: its side must be divisible by {f}, got {shape[-2]}x{shape[-1]}')
 
     def _table(self, name, n, x=None):
-        v = getattr(self, name).to(n.device)[n]
+        """Table entries at index n (a (B,) tensor, or a Python int: a 0-dim result)."""
+        table = getattr(self, name)
+        v = table[n] if not torch.is_tensor(n) else table.to(n.device)[n]
         return v if x is None else _expand(v, x)
 
     def sample(self, x0, k, noise=None, noise_scale=1.0):
@@ -118,7 +141,8 @@ class _Schedule:
         return self.mean(x0, k) + noise_scale * self._noise(noise, k)
 
     def prior_sample(self, shape, device=None, generator=None):
-        """The start distribution of Algorithm 3: N(0, std(K)^2) at the level-K resolution."""
+        """The start distribution of Algorithm 3: the level-K noise, std(K) per low-resolution pixel,
+        returned full size (constant on the 2^d x 2^d blocks of the level-K resolution)."""
         self.check_shape(shape)
         n = torch.randn(shape, device=device, generator=generator)
         k = torch.full((shape[0],), self.K, dtype=torch.long, device=device)
@@ -154,15 +178,18 @@ class Denoising(_Schedule):
         return self._table('a', k), self._table('beta', k)
 
     def posterior_coefficients(self, k):
-        """c1_k, c2_k, v_k of q(x_k | x_{k+1}, x0) = N(c1 x0 + c2 x_{k+1}, v), each (B,)."""
-        beta = self.beta[1:].to(k.device)                           # beta_{n+1}, n = 0..K-1
-        alphabar = torch.cumprod(1 - beta, 0)
-        alphabar_prev = torch.cat([alphabar.new_ones(1), alphabar[:-1]])
-        b, ab, ab_prev = beta[k], alphabar[k], alphabar_prev[k]
-        c1 = b * ab_prev.sqrt() / (1 - ab)
-        c2 = (1 - ab_prev) * (1 - b).sqrt() / (1 - ab)
-        v = b * (1 - ab_prev) / (1 - ab)
-        return c1, c2, v
+        """c1_k, c2_k, v_k of q(x_k | x_{k+1}, x0) = N(c1 x0 + c2 x_{k+1}, v), each (B,) (or 0-dim).
+
+        Bayes' rule on the Gaussians q(x_k | x0) = N(abar_k x0, sigmabar_k^2) and the step
+        q(x_{k+1} | x_k) = N(a_{k+1} x_k, beta_{k+1}) (the DDPM posterior, Ho et al. 2020, Eq. 7):
+            c1 = abar_k beta_{k+1} / sigmabar_{k+1}^2,   c2 = a_{k+1} sigmabar_k^2 / sigmabar_{k+1}^2,
+            v  = beta_{k+1} sigmabar_k^2 / sigmabar_{k+1}^2.
+        The step *into* level k+1 is table entry k+1. At k = 0, sigmabar_0 = 0 gives c2 = v = 0 and
+        c1 = abar_0 beta_1 / sigmabar_1^2 = 1 (abar_0 = 1 and sigmabar_1^2 = beta_1), so x_0 = x0_hat. (The authors form the same numbers from cumprod(1 - beta_{1..K}),
+        which is abar^2 one index up; equal up to float32 rounding.)"""
+        a, beta = self._table('a', k + 1), self._table('beta', k + 1)
+        abar, var, var_next = self._table('abar', k), self._table('sigmabar', k) ** 2, self._table('sigmabar', k + 1) ** 2
+        return abar * beta / var_next, a * var / var_next, beta * var / var_next
 
     def posterior_sample(self, x0, x_next, k, noise=None):
         """x_k ~ q(x_k | x_{k+1}, x0); no noise is added at k = 0."""
@@ -184,7 +211,7 @@ class SuperResolutionNaive(_Schedule):
     def mean(self, x0, k):
         self.check_shape(x0.shape)
         k = self.levels(k, x0)
-        return self._table('abar', k, x0) * block_average(x0, k)
+        return self._table('abar', k, x0) * block_average(x0, k, self.K)
 
     def std(self, k):
         # Block-averaging 4^k independent pixels divides the noise std by 2^k.
@@ -197,7 +224,7 @@ class SuperResolutionNaive(_Schedule):
         return self._table('sigmabar', k)
 
     def _noise(self, noise, k):
-        return self._table('sigmabar', k, noise) * block_average(noise, k)
+        return self._table('sigmabar', k, noise) * block_average(noise, k, self.K)
 
 
 # ----------------------------------------------------------------------------
@@ -211,7 +238,7 @@ class SuperResolution(_Schedule):
     def mean(self, x0, k):
         self.check_shape(x0.shape)
         k = self.levels(k, x0)
-        return self._table('abar', (k + 1) // 2, x0) * block_average(x0, k // 2)
+        return self._table('abar', (k + 1) // 2, x0) * block_average(x0, k // 2, self.halvings)
 
     def std(self, k):
         # 2^n sigmabar_n, averaged over 4^d pixels: 2 sigmabar_n for odd k, sigmabar_n for even k.
@@ -226,7 +253,7 @@ class SuperResolution(_Schedule):
     def _noise(self, noise, k):
         n = (k + 1) // 2
         scale = self._table('sigmabar', n, noise) * _expand(2.0**n, noise)
-        return scale * block_average(noise, k // 2)
+        return scale * block_average(noise, k // 2, self.halvings)
 
 
 SCHEDULES = {'d': Denoising, 'sr_naive': SuperResolutionNaive, 'sr': SuperResolution}

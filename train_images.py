@@ -47,7 +47,7 @@ from schedules import SCHEDULES, make_schedule, sample_rgm
 
 ADAM_BETAS = (0.5, 0.9)             # Adam for G, D and the TransformNet (the authors')
 
-# Paper settings (RGM_MATH section 7; the authors' README commands and the paper's iteration counts).
+# Paper settings (Appendix B.2-B.3; the authors' README commands and the paper's iteration counts).
 # Flags given on the command line override them.
 CIFAR10 = dict(dataset='cifar10', net='cifar10', batch_size=256, lr_G=1.6e-4, lr_D=1e-4, lam=1e-3,
                r1_gamma=0.02, lazy_reg=15, lr_tmax=1800, schedule='d', K=4, prior='kld')

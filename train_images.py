@@ -22,6 +22,7 @@ format of models.py). --resume continues the run; a worker restarted by torchrun
 import argparse
 import contextlib
 import copy
+import dataclasses
 import functools
 import glob
 import json
@@ -245,14 +246,50 @@ def prior_term(prior, D, x_k, x_k_hat, k, shared=None, autocast=contextlib.nullc
     return prior(f_real, f_fake)
 
 
-def train_step(G, D, opt_G, opt_D, x0, schedule, critic, prior, step, lam, nz, posterior=False,
-               D_r1=None, D_frozen=None, shared=None, autocast=contextlib.nullcontext):
-    """A discriminator step (non-saturating GAN, lazy R1), then a generator step on
-    lam * fidelity + g_phi (Eq. 8). D_r1 (uncompiled) serves the R1 steps, D_frozen the generator
-    step (without DDP); `shared` draws what must agree over ranks (DSWD's k and directions).
-    Returns the detached terms {loss_D, r1, fidelity, prior, loss_G}."""
+@dataclasses.dataclass
+class Critic:
+    """The one discriminator D and the three ways a training step calls it. All three share D's
+    weights; they differ only in wrappers, which is why there are three:
+      train   the D step: DDP-wrapped under torchrun (averages D's gradients over the ranks) and
+              compiled under --compile;
+      r1      the D steps that add the R1 penalty: like `train` but never compiled, because PyTorch
+              cannot differentiate twice through a compiled graph (R1 is a gradient of a gradient);
+      frozen  the G step: D's weights are fixed there, so no DDP (it would wait for D's gradients,
+              which never come); compiled under --compile.
+    Critic(D) alone (one process, eager) uses D itself for all three."""
+    D: torch.nn.Module
+    train: torch.nn.Module = None
+    r1: torch.nn.Module = None
+    frozen: torch.nn.Module = None
+
+    def __post_init__(self):
+        self.train, self.r1, self.frozen = (v if v is not None else self.D for v in (self.train, self.r1, self.frozen))
+
+
+@contextlib.contextmanager
+def weights_frozen(net):
+    """No gradient for net's weights inside (gradients still flow through it to its input)."""
+    net.requires_grad_(False)
+    try:
+        yield
+    finally:
+        net.requires_grad_(True)
+
+
+def train_step(G, D, opt_G, opt_D, x0, schedule, gan, prior, step, lam, nz, posterior=False,
+               shared=None, autocast=contextlib.nullcontext):
+    """One RGM iteration (Appendix B.2): a discriminator step, then a generator step.
+      D step: D learns to tell real x_k ~ q(x_k | x0) from restored x_k_hat, with the non-saturating
+              GAN loss of `gan` (a losses.KLD, R1 every gan.lazy_reg steps). The authors train D this
+              way under every prior.
+      G step: Eq. 8, lam * fidelity(x_{k+1}, x0_hat) + g_phi(x_k_hat), with fresh k, x0 noises, z.
+              g_phi is `prior`: under KLD the same losses.KLD object (its generator_loss, -D), under
+              MMD / DSWD a distance between D's features of real and restored x_k.
+    D: a Critic (or a bare discriminator, used for every call). `shared` is a random generator that
+    draws what must agree over ranks (DSWD's level k and directions).
+    Returns the detached terms {loss_D, r1, fidelity, prior, loss_G} as 0-dim tensors on x0's device."""
     B, K, dev = x0.shape[0], schedule.K, x0.device
-    D_r1, D_frozen = D if D_r1 is None else D_r1, D if D_frozen is None else D_frozen
+    D = D if isinstance(D, Critic) else Critic(D)
 
     def restore(x_next, k):
         """x0_hat = G(x_{k+1}, k, z) (G is told the *target* level k) and x_k_hat at level k."""
@@ -268,32 +305,31 @@ def train_step(G, D, opt_G, opt_D, x0, schedule, critic, prior, step, lam, nz, p
     x_k, x_next = schedule.sample(x0, k), schedule.sample(x0, k + 1)     # independent noises
     with torch.no_grad():
         _, x_k_hat = restore(x_next, k)
-    r1_step = critic.r1_gamma > 0 and step % critic.lazy_reg == 0
+    r1_step = gan.r1_gamma > 0 and step % gan.lazy_reg == 0             # Python ints: no device sync
     with autocast():
-        loss_D, r1 = critic.discriminator_loss(D_r1 if r1_step else D, x_k, x_k_hat, k, step)
+        loss_D, r1 = gan.discriminator_loss(D.r1 if r1_step else D.train, x_k, x_k_hat, k, step)
     opt_D.zero_grad(set_to_none=True)
     loss_D.backward()
     opt_D.step()
 
-    # ---- G step: Eq. 8 ----
-    D.requires_grad_(False)
+    # ---- G step: Eq. 8, with fresh draws ----
     if isinstance(prior, losses.DSWD):                  # one level for the whole global batch
         k = torch.randint(K, (1,), device=dev if shared is None else shared.device, generator=shared)
         k = k.to(dev).expand(B)
     else:
         k = torch.randint(K, (B,), device=dev)
     x_k, x_next = schedule.sample(x0, k), schedule.sample(x0, k + 1)
-    x0_hat, x_k_hat = restore(x_next, k)
-    if posterior:
-        fid = losses.posterior_fidelity(x_next, x_k_hat, k, schedule)
-    else:
-        fid = losses.fidelity(x_next, x0_hat, k, schedule)
-    g = prior_term(prior, D_frozen, x_k, x_k_hat, k, shared, autocast)
-    loss_G = lam * fid.mean() + g
-    opt_G.zero_grad(set_to_none=True)
-    loss_G.backward()
-    opt_G.step()
-    D.requires_grad_(True)
+    with weights_frozen(D.D):
+        x0_hat, x_k_hat = restore(x_next, k)
+        if posterior:
+            fid = losses.posterior_fidelity(x_next, x_k_hat, k, schedule)
+        else:
+            fid = losses.fidelity(x_next, x0_hat, k, schedule)
+        g = prior_term(prior, D.frozen, x_k, x_k_hat, k, shared, autocast)
+        loss_G = lam * fid.mean() + g
+        opt_G.zero_grad(set_to_none=True)
+        loss_G.backward()
+        opt_G.step()
     return dict(loss_D=loss_D.detach().float(), r1=r1.float(), fidelity=fid.mean().detach(),
                 prior=g.detach(), loss_G=loss_G.detach())
 
@@ -502,16 +538,14 @@ def train(args, rank, world_size, device):
         start_step = ckpt['step']
         del ckpt
 
-    # ---- wrappers: DDP averages gradients; compiled copies for speed (R1 needs the eager D) ----
+    # ---- wrappers: DDP averages gradients; compiled copies for speed (see Critic for D's three views) ----
     ddp = functools.partial(DDP, device_ids=[device.index] if device.type == 'cuda' else None)
-    G_train, D_eager = (ddp(G), ddp(D) if D is not None else None) if dist.is_initialized() else (G, D)
-    D_train = D_frozen = D                              # generator step: D's weights stay fixed, no DDP
-    if args.compile:
-        G_train = torch.compile(G_train)
-        if D is not None:
-            D_train, D_frozen = torch.compile(D_eager), torch.compile(D)
-    else:
-        D_train = D_eager
+    maybe_ddp = ddp if dist.is_initialized() else (lambda net: net)
+    maybe_compile = torch.compile if args.compile else (lambda net: net)
+    G_train = maybe_compile(maybe_ddp(G))
+    if D is not None:
+        D_ddp = maybe_ddp(D)
+        critic_views = Critic(D, train=maybe_compile(D_ddp), r1=D_ddp, frozen=maybe_compile(D))
     autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=args.amp)
     shared = torch.Generator(device)                    # same draws on every rank
 
@@ -560,8 +594,14 @@ def train(args, rank, world_size, device):
             os.remove(found[old])
 
     # ---- training loop ----
+    # The loss terms are summed on the device and read (averaged over ranks, checked for NaN/inf)
+    # only at a log, sample or checkpoint step: no device sync in between, and nothing is saved
+    # after a non-finite value.
     names = ['mmse'] if mmse else ['loss_D', 'r1', 'fidelity', 'prior', 'loss_G']
-    step, sums, n_sums, t_log = start_step, torch.zeros(len(names)), 0, time.time()
+    step, sums, n_sums, t_log = start_step, torch.zeros(len(names), device=device), 0, time.time()
+    never = 2**62
+    first_bad = torch.full((len(names),), never, device=device)        # first step each term was NaN/inf
+    ema_params, params = list(G_ema.parameters()), list(G.parameters())
     bar = tqdm(total=args.max_steps, initial=start_step, disable=not master, dynamic_ncols=True)
     while step < args.max_steps:
         epoch, skip = divmod(step, steps_per_epoch)
@@ -575,50 +615,57 @@ def train(args, rank, world_size, device):
             if mmse:
                 terms = mmse_step(G_train, opt_G, x0, schedule, autocast=autocast)
             else:
-                terms = train_step(G_train, D_train, opt_G, opt_D, x0, schedule, critic, prior, step, args.lam, nz,
-                                   args.posterior, D_r1=D_eager, D_frozen=D_frozen, shared=shared, autocast=autocast)
+                terms = train_step(G_train, critic_views, opt_G, opt_D, x0, schedule, critic, prior, step, args.lam,
+                                   nz, args.posterior, shared=shared, autocast=autocast)
                 sched_D.step()
             sched_G.step()
-            with torch.no_grad():
-                for p_ema, p in zip(G_ema.parameters(), G.parameters()):
-                    p_ema.lerp_(p, 1 - args.ema_decay)
+            with torch.no_grad():                       # EMA: p_ema += (1 - decay) (p - p_ema)
+                torch._foreach_lerp_(ema_params, params, 1 - args.ema_decay)
             step += 1
-
-            # Average over ranks, and stop on NaN/inf before anything is saved.
-            terms = torch.stack([terms[name] for name in names])
-            if dist.is_initialized():
-                dist.all_reduce(terms)
-                terms /= world_size
-            terms = terms.cpu()
-            if not torch.isfinite(terms).all():
-                bad = [name for name, v in zip(names, terms.tolist()) if not math.isfinite(v)]
-                last = checkpoints(ckpt_dir)
-                raise FloatingPointError(f'non-finite {", ".join(bad)} at step {step}: stopping. The last good '
-                                         f'checkpoint is {last[max(last)] if last else "none (none was written)"}')
-            sums, n_sums = sums + terms, n_sums + 1
+            terms = torch.stack([terms[name] for name in names]).float()
+            sums += terms
+            first_bad = torch.where(torch.isfinite(terms), first_bad, first_bad.clamp(max=step))
+            n_sums += 1
             bar.update(1)
 
-            if step % args.log_every == 0 or step == args.max_steps:
+            log_now = step % args.log_every == 0 or step == args.max_steps
+            save_now = step % args.ckpt_every == 0 or step == args.max_steps
+            sample_now = step % args.sample_every == 0
+            if not (log_now or save_now or sample_now):
+                continue
+            # Average over ranks, and stop on NaN/inf before anything is saved.
+            mean = sums / n_sums
+            if dist.is_initialized():
+                dist.all_reduce(mean)
+                mean /= world_size
+                dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
+            mean, bad_at = mean.tolist(), first_bad.tolist()
+            if min(bad_at) < never:
+                bad = ', '.join(f'{name} from step {at}' for name, at in sorted(zip(names, bad_at), key=lambda p: p[1])
+                                if at < never)
+                last = checkpoints(ckpt_dir)
+                raise FloatingPointError(f'non-finite {bad} (checked at step {step}): stopping. The last good '
+                                         f'checkpoint is {last[max(last)] if last else "none (none was written)"}')
+            if log_now:
                 elapsed, t_log = time.time() - t_log, time.time()
-                record = dict(step=step, epoch=step // steps_per_epoch,
-                              **{name: v for name, v in zip(names, (sums / n_sums).tolist())},
+                record = dict(step=step, epoch=step // steps_per_epoch, **dict(zip(names, mean)),
                               lr_G=opt_G.param_groups[0]['lr'],
                               **({} if mmse else dict(lr_D=opt_D.param_groups[0]['lr'])),
                               img_per_s=n_sums * args.batch_size / elapsed,
                               mem_GB=(torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else
                                       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30)
-                sums, n_sums = torch.zeros(len(names)), 0
+                sums, n_sums = torch.zeros_like(sums), 0
                 if master:
                     with open(log_path, 'a') as f:
                         f.write(json.dumps(record) + '\n')
                     bar.set_postfix(mmse=f'{record["mmse"]:.1f}') if mmse else bar.set_postfix(
                         D=f'{record["loss_D"]:.3f}', fid=f'{record["fidelity"]:.1f}', prior=f'{record["prior"]:.3f}')
-            if master and step % args.sample_every == 0:
+            if master and sample_now:
                 grid = sample_rgm(G_ema, schedule, (args.n_samples, channels, image_size, image_size), nz, device=device,
                                   posterior=args.posterior, generator=torch.Generator(device).manual_seed(args.seed))
                 path = os.path.join(args.out, 'samples', f'{step:08d}.png')
                 torchvision.utils.save_image((grid + 1) / 2, path, nrow=int(math.sqrt(args.n_samples)))
-            if master and (step % args.ckpt_every == 0 or step == args.max_steps):
+            if master and save_now:
                 save_checkpoint(step)
             if step >= args.max_steps:
                 break

@@ -44,11 +44,10 @@ def bench(cfg, prior_name, device, amp, channels_last, compile, batch, warmup, s
     nz = G.nz
 
     def step(i):
-        train_images.train_step(G_train, D_train, opt_G, opt_D, x0, schedule, critic, prior, i, cfg.lam, nz,
-                                cfg.posterior, D_r1=D, D_frozen=D_train, autocast=autocast)
+        train_images.train_step(G_train, train_images.Critic(D, train=D_train, frozen=D_train), opt_G, opt_D, x0,
+                                schedule, critic, prior, i, cfg.lam, nz, cfg.posterior, autocast=autocast)
         with torch.no_grad():
-            for p_ema, p in zip(G_ema.parameters(), G.parameters()):
-                p_ema.lerp_(p, 1 - cfg.ema_decay)
+            torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1 - cfg.ema_decay)
 
     for i in range(1, warmup + 1):          # start at step 1: R1 (step 0) is timed in its turn below
         step(i)

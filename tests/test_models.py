@@ -290,7 +290,7 @@ def _authors_rule(net_name, name, module, zero_final=True):
 
 
 def _bound(w, fan, scale):
-    area = w[0, 0].numel()
+    area = math.prod(w.shape[2:])
     fan_in, fan_out = w.shape[1] * area, w.shape[0] * area
     return math.sqrt(3 * scale / (max(1, fan_out) if fan == 'out' else (fan_in + fan_out) / 2))
 

@@ -96,7 +96,9 @@ def test_discriminator_starts_at_2_log_2_learns_and_applies_lazy_r1():
     x0 = torch.sign(torch.randn(8, 3, 16, 16))
     first = ti.train_step(G, D, opt_G, opt_D, x0, s, critic, critic, 1, lam=1e-3, nz=4)
     assert abs(first['loss_D'].item() - 2 * math.log(2)) < 1e-3
-    assert abs(first['prior'].item()) < 0.05
+    # the G step follows one Adam step of D (each weight moves by ~lr = 1e-3; the final linear layer's
+    # U(-sqrt 3, sqrt 3) weights, the authors' fan_out rule, amplify it): -D is still near 0
+    assert abs(first['prior'].item()) < 0.2
     history = [ti.train_step(G, D, opt_G, opt_D, x0, s, critic, critic, step, lam=1e-3, nz=4)
                for step in range(2, 42)]
     assert all(torch.equal(v, G_start[key]) for key, v in G.state_dict().items())
@@ -246,7 +248,7 @@ def test_nan_stops_naming_step_and_term_and_keeps_the_last_checkpoint(tmp_path, 
         return out * float('nan') if len(calls) == 3 else out
 
     monkeypatch.setattr(losses, 'fidelity', fidelity)
-    with pytest.raises(FloatingPointError, match=r'non-finite fidelity, loss_G at step 3.*ckpt_00000002\.pt'):
+    with pytest.raises(FloatingPointError, match=r'non-finite fidelity from step 3, loss_G from step 3, .*checked at step 4.*ckpt_00000002\.pt'):
         _run(tmp_path, '--max-steps', '6', '--ckpt-every', '2')
     found = _ckpts(tmp_path / 'run')
     assert list(found) == [2] and models.load_checkpoint(found[2])['step'] == 2
@@ -373,8 +375,8 @@ DIST_SCRIPT = textwrap.dedent('''
         seen, real_fid = [], losses.fidelity
         losses.fidelity = lambda *a: seen.append(a[2]) or real_fid(*a)
         torch.manual_seed(10 + rank)                         # different data and noise on each rank
-        terms = ti.train_step(G, D, opt_G, opt_D, torch.rand(4, 3, 16, 16) * 2 - 1, make_schedule('d', 4), losses.KLD(),
-                              prior, 0, 1e-3, 4, D_frozen=Dm, shared=torch.Generator().manual_seed(3))
+        terms = ti.train_step(G, ti.Critic(Dm, train=D, r1=D), opt_G, opt_D, torch.rand(4, 3, 16, 16) * 2 - 1,
+                              make_schedule('d', 4), losses.KLD(), prior, 0, 1e-3, 4, shared=torch.Generator().manual_seed(3))
         k = [torch.zeros_like(seen[0]) for _ in range(W)]
         dist.all_gather(k, seen[0])
         p = [torch.zeros(1) for _ in range(W)]

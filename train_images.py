@@ -334,6 +334,12 @@ def train_step(G, D, opt_G, opt_D, x0, schedule, gan, prior, step, lam, nz, post
                 prior=g.detach(), loss_G=loss_G.detach())
 
 
+@torch.no_grad()
+def ema_update(ema_params, params, decay):
+    """The EMA of the generator's weights: p_ema <- decay p_ema + (1 - decay) p, for every tensor at once."""
+    torch._foreach_lerp_(ema_params, params, 1 - decay)
+
+
 def mmse_step(G, opt_G, x0, schedule, autocast=contextlib.nullcontext):
     """The MMSE baseline that RGM replaces (paper Section 3, a diffusion model's restorer with K large
     steps): G(x_{k+1}, k) without z, trained on ||G(x_{k+1}, k) - x0||^2 for k uniform in 0..K-1, whose
@@ -619,8 +625,7 @@ def train(args, rank, world_size, device):
                                    nz, args.posterior, shared=shared, autocast=autocast)
                 sched_D.step()
             sched_G.step()
-            with torch.no_grad():                       # EMA: p_ema += (1 - decay) (p - p_ema)
-                torch._foreach_lerp_(ema_params, params, 1 - args.ema_decay)
+            ema_update(ema_params, params, args.ema_decay)
             step += 1
             terms = torch.stack([terms[name] for name in names]).float()
             sums += terms

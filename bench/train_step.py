@@ -46,8 +46,7 @@ def bench(cfg, prior_name, device, amp, channels_last, compile, batch, warmup, s
     def step(i):
         train_images.train_step(G_train, train_images.Critic(D, train=D_train, frozen=D_train), opt_G, opt_D, x0,
                                 schedule, critic, prior, i, cfg.lam, nz, cfg.posterior, autocast=autocast)
-        with torch.no_grad():
-            torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1 - cfg.ema_decay)
+        train_images.ema_update(list(G_ema.parameters()), list(G.parameters()), cfg.ema_decay)
 
     for i in range(1, warmup + 1):          # start at step 1: R1 (step 0) is timed in its turn below
         step(i)

@@ -58,6 +58,13 @@ class SVDOperator:
         """(B, m) row-space coordinates -> (B, D), zero in the null space."""
         return torch.cat([c, c.new_zeros(c.shape[0], self.D - self.m)], 1)
 
+    def to(self, device):
+        """Keep the operator's tables (singular values, V blocks, index orders) on `device`. Returns self."""
+        for name, value in vars(self).items():
+            if torch.is_tensor(value):
+                setattr(self, name, value.to(device))
+        return self
+
     def check(self, x):
         if tuple(x.shape[1:]) != self.x_shape:
             raise ValueError(f'{type(self).__name__} was built for images {self.x_shape}, got {tuple(x.shape[1:])}')
@@ -391,7 +398,7 @@ def main(args):
     if args.task == 'color' and meta['channels'] != 3:
         raise ValueError(f"colorization needs a colour model (3 channels); {args.ckpt} makes "
                          f"{meta['channels']}-channel images")
-    schedule = schedules.make_schedule(meta['schedule'], meta['K'], meta['discretisation'])
+    schedule = schedules.make_schedule(meta['schedule'], meta['K'], meta['discretisation']).to(args.device)
     settings, source = paper_settings(args.task, meta['image_size'])
     settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
     if settings['J'] > schedule.K:
@@ -400,7 +407,7 @@ def main(args):
 
     items, observed = load_inputs(args), args.observed is not None
     shapes = {clean_shape(image, args.task, observed, meta['channels'], meta['image_size']) for _, image in items}
-    op = make_operator(args.task, shapes.pop())         # one shape: clean_shape checked each against the checkpoint
+    op = make_operator(args.task, shapes.pop()).to(args.device)   # one shape: clean_shape checked each
     denoise = rgm_denoiser(G, schedule, meta['nz'], args.noise_scale)
     noise = torch.Generator().manual_seed(args.seed)
     datasets.prepare_out(str(out), OUTPUTS, args.overwrite, 'pnp.py run')

@@ -241,7 +241,7 @@ def main(args):
     master = rank == 0
     G, meta = load_model(args.ckpt, not args.no_ema, args.authors_config, args.schedule, args.K,
                          args.discretisation, device)
-    schedule = make_schedule(meta['schedule'], meta['K'], meta['discretisation'])
+    schedule = make_schedule(meta['schedule'], meta['K'], meta['discretisation']).to(device)
     schedule.check_shape((1, meta['channels'], meta['image_size'], meta['image_size']))
     out = Path(args.out or Path(args.ckpt).resolve().parent / 'samples')
     data.prepare_out(str(out), OUTPUTS, args.overwrite, 'sample.py run', remove=False)     # refuse before any work

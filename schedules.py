@@ -108,8 +108,17 @@ class _Schedule:
             raise ValueError(f'K (number of degradation steps) must be an integer >= 1, got {K}')
         self.K = int(K)
         self.discretisation = discretisation
-        for name, v in vp_coefficients(self.num_noise_levels, discretisation).items():
+        self.tables = vp_coefficients(self.num_noise_levels, discretisation)
+        for name, v in self.tables.items():
             setattr(self, name, v)
+
+    def to(self, device):
+        """Keep the tables on `device` (as a module's buffers): then looking them up for data on that
+        device copies nothing. Returns self."""
+        self.tables = {name: v.to(device) for name, v in self.tables.items()}
+        for name, v in self.tables.items():
+            setattr(self, name, v)
+        return self
 
     num_noise_levels = property(lambda self: self.K)
 

@@ -458,6 +458,7 @@ def train(args, rank, world_size, device):
         raise ValueError(f'--nz must be >= 0 (0 = no latent z), got {nz}')
     schedule = make_schedule(args.schedule, args.K, args.discretisation)
     schedule.check_shape((1, channels, image_size, image_size))
+    schedule.to(device)                                 # tables beside the data: no copies in the loop
     if args.posterior and args.schedule != 'd':
         raise ValueError(f'--posterior (Algorithm 1) exists for the denoising process d only, not {args.schedule!r}')
     local_batch = split_batch(args.batch_size, world_size, 1 if mmse else D_kwargs.get('group_size', 4))

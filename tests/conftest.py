@@ -10,3 +10,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=['cpu', 'cuda'])
+def device(request):
+    """Run a test on the CPU, and again on the GPU where there is one (skipped otherwise)."""
+    if request.param == 'cuda' and not torch.cuda.is_available():
+        pytest.skip('no CUDA device')
+    return torch.device(request.param)

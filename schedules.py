@@ -240,7 +240,16 @@ class SuperResolutionNaive(_Schedule):
 # RGM-SR (separated): odd k adds noise, even k halves the side; N = (K+1)//2.
 
 class SuperResolution(_Schedule):
-    """x_k = P_{d(k)} (abar'_{n(k)} x0 + 2^{n(k)} sigmabar_{n(k)} eps), n(k) = (k+1)//2, d(k) = k//2."""
+    """x_k = P_{d(k)} (abar_{n(k)} x0 + 2^{n(k)} sigmabar_{n(k)} eps), n(k) = (k+1)//2, d(k) = k//2.
+
+    Odd k adds noise (n grows, d stays), even k halves the side (d grows): K = 7 at 32 px goes
+    32 -> 32 (noise) -> 16 -> 16 (noise) -> 8 -> ... -> 4. Why the 2^n pre-scale of the noise:
+    averaging a 2x2 block of independent pixels halves the noise std, so after d averagings the
+    noise of each low-resolution pixel is 2^(n - d) sigmabar_n. At even k (d = n) that is exactly
+    sigmabar_n: the low-resolution image abar_n P_n x0 + sigmabar_n eps is the VP process's marginal
+    at that resolution. At odd k (d = n - 1) the new noise is drawn at twice that std, and the next
+    halving brings it down to sigmabar_n. The start distribution is therefore noise of std
+    std(K) per low-resolution pixel (2 sigmabar_N for odd K, sigmabar_N for even K)."""
     halvings = property(lambda self: self.K // 2)
     num_noise_levels = property(lambda self: (self.K + 1) // 2)
 

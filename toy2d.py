@@ -80,7 +80,16 @@ def make_prior(name, K, lr=1e-3, sw_p=1):
     sample shrinks with its distance to where it belongs, which leaves tails between the
     modes (high-quality fraction 0.84 on 3 seeds); SW_1 pulls every sample equally hard
     (0.90-0.92). SW_1 over a batch sums |differences|, so its lam is larger (30 vs 1). Images keep p=2.
-    Five inner steps for the directions (the paper: 10) score as well on the toy in half the time."""
+    Five inner steps for the directions (the paper: 10) score as well on the toy in half the time.
+
+    Two more choices of the toy that differ from the authors (the image trainer follows them):
+    - KLD updates D inside the G step's iteration on that iteration's k, x_k and x_k_hat (one draw
+      of the forward process per iteration); the authors draw k, the noises and z afresh for the
+      G step (train_images.train_step does). On the toy this costs half the forward draws, and the
+      scores in the README were measured this way.
+    - DSWD fits its TransformNet with Adam at Nguyen et al.'s lr 5e-4 and betas (0.5, 0.999); the
+      authors use their lr_D with (0.5, 0.9) (train_images does). The toy's scores were measured
+      with the former."""
     if name == 'kld':
         D = models.ToyDiscriminator(K=K)
         opt = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.5, 0.9))

@@ -1,17 +1,21 @@
-"""Speed of one RGM training step (train_images.train_step: a D step and a G step), per prior.
+"""Speed of one training iteration of a preset (train_images.train_step, or mmse_step for the MMSE
+baseline, plus the EMA update), side by side: eager or torch.compile, channels_last or not, threads,
+and on a GPU fp32 or bf16 autocast. Each row runs in a fresh process, so its peak memory (RSS on a
+CPU, allocated memory on a GPU) is its own and a compiled row does not warm up the next.
 
-    python bench/train_step.py                                        # tiny preset on CPU, 1 and 2 threads
-    python bench/train_step.py --preset cifar10_kld_d --device cuda   # one GPU: fp32 and bf16, peak memory
+    python bench/train_step.py                                              # tiny + fashion presets, CPU
+    python bench/train_step.py --presets fashion_kld_d fashion_mmse_d --variants eager compile --threads 2
+    python bench/train_step.py --presets cifar10_kld_d --device cuda --precision fp32 bf16 --batch 64 128
 
-The last column extrapolates the preset's --max-steps at this batch on this one device (the
-authors' 4 V100s took ~40 h for CIFAR-10). Random images stand in for data; R1 runs every
-lazy_reg steps as in training, so time enough steps to include it.
+The last column extrapolates the preset's --max-steps at this batch on this one device. Random
+images stand in for data; R1 runs every lazy_reg steps as in training, so time enough steps to
+include it. Compiled rows exclude compilation (it happens in the warm-up steps).
 """
 import argparse
-import copy
-import functools
+import json
 import os
 import resource
+import subprocess
 import sys
 import time
 
@@ -23,30 +27,48 @@ import models  # noqa: E402
 import train_images  # noqa: E402
 from schedules import make_schedule  # noqa: E402
 
+VARIANTS = {'eager': (False, False), 'channels_last': (False, True), 'compile': (True, False),
+            'compile+channels_last': (True, True)}
 
-def bench(cfg, prior_name, device, amp, channels_last, compile, batch, warmup, steps):
-    """(ms per step, peak memory in GB) of train_step plus the EMA update."""
+
+def bench(preset, device, amp, variant, batch, warmup, steps, threads):
+    """{ms, images_per_s, peak_GB} of one preset's training iteration."""
+    compile, channels_last = VARIANTS[variant]
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(device)
+    cfg = train_images.parse_args(['--preset', preset])
+    batch = batch or cfg.batch_size
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     size = cfg.image_size or models.CONFIGS[cfg.net]['G']['image_size']
+    mmse = cfg.prior == 'mmse'
     G, D = (net.to(device, memory_format=fmt) for net in models.build_networks(
-        cfg.net, dict(image_size=size), dict(image_size=size)))
-    G_ema = copy.deepcopy(G).requires_grad_(False)
+        cfg.net, dict(image_size=size, **(dict(nz=0) if mmse else {})), dict(image_size=size)))
+    channels = G.conv_in.in_channels
+    G_ema = [p.detach().clone() for p in G.parameters()]
     opt_G = torch.optim.Adam(G.parameters(), cfg.lr_G, betas=train_images.ADAM_BETAS)
     opt_D = torch.optim.Adam(D.parameters(), cfg.lr_D, betas=train_images.ADAM_BETAS)
-    critic = losses.KLD(cfg.r1_gamma, cfg.lazy_reg)
-    prior = train_images.make_prior(prior_name, critic, D.conv_out.out_channels * 16, device, cfg.mmd_bandwidths,
-                                    cfg.dswd_projections, cfg.dswd_steps, cfg.lr_D)
-    G_train, D_train = (torch.compile(G), torch.compile(D)) if compile else (G, D)
-    schedule = make_schedule(cfg.schedule, cfg.K, cfg.discretisation)
-    autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=amp)
-    x0 = (torch.rand(batch, 3, size, size, device=device) * 2 - 1).to(memory_format=fmt)
-    nz = G.nz
+    schedule = make_schedule(cfg.schedule, cfg.K, cfg.discretisation).to(device)
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)   # noqa: E731
+    x0 = (torch.rand(batch, channels, size, size, device=device) * 2 - 1).to(memory_format=fmt)
+    G_train = torch.compile(G) if compile else G
+    if mmse:
+        def step(i):
+            train_images.mmse_step(G_train, opt_G, x0, schedule, autocast=autocast)
+            train_images.ema_update(G_ema, list(G.parameters()), cfg.ema_decay)
+    else:
+        gan = losses.KLD(cfg.r1_gamma, cfg.lazy_reg)
+        prior = train_images.make_prior(cfg.prior, gan, D.conv_out.out_channels * 16, device, cfg.mmd_bandwidths,
+                                        cfg.dswd_projections, cfg.dswd_steps, cfg.lr_D)
+        D_fast = torch.compile(D) if compile else D
+        critic = train_images.Critic(D, train=D_fast, frozen=D_fast)       # R1 on the eager D, as in training
+        shared = torch.Generator(device).manual_seed(0)
 
-    def step(i):
-        train_images.train_step(G_train, train_images.Critic(D, train=D_train, frozen=D_train), opt_G, opt_D, x0,
-                                schedule, critic, prior, i, cfg.lam, nz, cfg.posterior, autocast=autocast)
-        train_images.ema_update(list(G_ema.parameters()), list(G.parameters()), cfg.ema_decay)
+        def step(i):
+            train_images.train_step(G_train, critic, opt_G, opt_D, x0, schedule, gan, prior, i, cfg.lam, G.nz,
+                                    cfg.posterior, shared=shared, autocast=autocast)
+            train_images.ema_update(G_ema, list(G.parameters()), cfg.ema_decay)
 
     for i in range(1, warmup + 1):          # start at step 1: R1 (step 0) is timed in its turn below
         step(i)
@@ -60,43 +82,55 @@ def bench(cfg, prior_name, device, amp, channels_last, compile, batch, warmup, s
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024     # the process's peak, so far
-    return (time.perf_counter() - start) / steps * 1e3, peak / 2**30
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024     # this process's peak
+    ms = (time.perf_counter() - start) / steps * 1e3
+    return dict(ms=ms, images_per_s=batch / ms * 1e3, peak_GB=peak / 2**30, batch=batch, max_steps=cfg.max_steps)
 
 
 def main(args):
-    cfg = train_images.parse_args(['--preset', args.preset])
     device = torch.device(args.device)
-    batch = args.batch or cfg.batch_size
-    priors = args.priors or [cfg.prior]
     precisions = args.precision or (['fp32', 'bf16'] if device.type == 'cuda' else ['fp32'])
-    threads = args.threads if device.type == 'cpu' else [torch.get_num_threads()]
+    threads = args.threads if device.type == 'cpu' else [0]
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{os.cpu_count()} CPUs'
-    print(f'{args.preset}: net {cfg.net}, schedule {cfg.schedule} K={cfg.K}, batch {batch} on one device ({name}), '
-          f'torch {torch.__version__}, {args.steps} timed steps after {args.warmup}'
-          f'{", channels_last" if args.channels_last else ""}{", compiled" if args.compile else ""}\n')
-    print(f'| prior | threads | precision | ms/step | images/s | peak memory (GB) | hours for {cfg.max_steps} steps |')
-    print('|---|---|---|---|---|---|---|')
-    for prior in priors:
-        for n in threads:
-            torch.set_num_threads(n)
-            for precision in precisions:
-                ms, mem = bench(cfg, prior, device, precision == 'bf16', args.channels_last, args.compile,
-                                batch, args.warmup, args.steps)
-                print(f'| {prior} | {n} | {precision} | {ms:.1f} | {batch / ms * 1e3:.1f} | {mem:.2f} | '
-                      f'{cfg.max_steps * ms / 3.6e6:.3g} |', flush=True)
+    print(f'one device ({name}), torch {torch.__version__}, {args.steps} timed steps after {args.warmup} '
+          '(compilation happens in the warm-up); one process per row\n')
+    print('| preset | prior | variant | threads | precision | batch | ms/step | images/s | peak memory (GB) | '
+          'hours for --max-steps |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
+    for preset in args.presets:
+        prior = train_images.PRESETS[preset].get('prior', 'kld')
+        for batch in args.batch or [None]:
+            for variant in args.variants:
+                for n in threads:
+                    for precision in precisions:
+                        job = dict(preset=preset, device=args.device, amp=precision == 'bf16', variant=variant,
+                                   batch=batch, warmup=args.warmup, steps=args.steps, threads=n)
+                        out = subprocess.run([sys.executable, __file__, '--one', json.dumps(job)],
+                                             capture_output=True, text=True)
+                        if out.returncode:
+                            print(f'| {preset} | {prior} | {variant} | {n or "-"} | {precision} | {batch or "-"} | '
+                                  f'failed: {out.stderr.strip().splitlines()[-1][:80]} ||||', flush=True)
+                            continue
+                        r = json.loads(out.stdout.strip().splitlines()[-1])
+                        print(f'| {preset} | {prior} | {variant} | {n or "-"} | {precision} | {r["batch"]} | '
+                              f'{r["ms"]:.1f} | {r["images_per_s"]:.1f} | {r["peak_GB"]:.2f} | '
+                              f'{r["max_steps"] * r["ms"] / 3.6e6:.3g} |', flush=True)
 
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--preset', default='tiny', choices=sorted(train_images.PRESETS))
+    p.add_argument('--presets', nargs='+', default=['tiny', 'fashion_kld_d', 'fashion_mmse_d'],
+                   choices=sorted(train_images.PRESETS))
     p.add_argument('--device', default='cpu')
-    p.add_argument('--batch', type=int, default=None, help="default: the preset's global batch")
-    p.add_argument('--priors', nargs='+', choices=sorted(losses.PRIORS), help="default: the preset's prior")
+    p.add_argument('--batch', type=int, nargs='+', help="default: the preset's global batch")
+    p.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument('--precision', nargs='+', choices=['fp32', 'bf16'], help='default: fp32 (CPU), fp32 and bf16 (GPU)')
     p.add_argument('--threads', type=int, nargs='+', default=[1, 2], help='CPU threads')
-    p.add_argument('--channels-last', action='store_true')
-    p.add_argument('--compile', action='store_true')
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--steps', type=int, default=15, help='timed steps (R1 every lazy_reg of them)')
-    main(p.parse_args())
+    p.add_argument('--one', help=argparse.SUPPRESS)                  # internal: one row, printed as JSON
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(bench(**json.loads(args.one))))
+    else:
+        main(args)

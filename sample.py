@@ -126,6 +126,31 @@ def z_figure(G, schedule, meta, x0, path, n_z=4, generator=None):
     return torch.stack(spread)
 
 
+def versus_figure(columns, trajectories, path, nrow=8):
+    """Side by side: one grid per column {title: uint8 (n, C, H, W)}, and below them one trajectory
+    x_K, ..., x_0 per model {title: list of (C, H, W) in [-1, 1]}."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig = plt.figure(figsize=(3.2 * len(columns), 3.6 + 0.9 * len(trajectories)))
+    grid = fig.add_gridspec(1 + len(trajectories), len(columns), height_ratios=[4] + [1] * len(trajectories))
+    as_rgb = lambda img: img.permute(1, 2, 0).numpy().squeeze(-1) if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
+    for j, (title, images) in enumerate(columns.items()):
+        ax = fig.add_subplot(grid[0, j])
+        ax.imshow(as_rgb(torchvision.utils.make_grid(images, nrow=nrow, padding=1)), cmap='gray', vmin=0, vmax=255)
+        ax.set_title(title)
+        ax.axis('off')
+    for i, (title, xs) in enumerate(trajectories.items()):
+        ax = fig.add_subplot(grid[1 + i, :])
+        row = models.to_uint8(torch.stack(xs)).cpu()
+        ax.imshow(as_rgb(torchvision.utils.make_grid(row, nrow=len(xs), padding=1)), cmap='gray', vmin=0, vmax=255)
+        ax.set_title(f'{title}: x_{len(xs) - 1} ... x_0', fontsize=9)
+        ax.axis('off')
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------
 # FID and Inception Score through torch-fidelity (TF-Inception weights, as the papers report).
 
@@ -310,6 +335,8 @@ def main(args):
             summary.update(z_spread_per_level=spread.tolist())
             print(f"wrote {out / 'z_role.png'}; spread of G(x_k, k-1, z) across z, "
                   'k = 1..K: ' + ' '.join(f'{s:.3f}' for s in spread.tolist()))
+    if args.versus:
+        write_versus(G, schedule, meta, args, device, out)
     if args.fid or args.is_:
         summary.update(fidelity_metrics(images, reference if args.fid else None, isc=args.is_, **metric_kwargs))
     if fashion:
@@ -326,7 +353,36 @@ def main(args):
                               f"wall {summary['wall_seconds']:.1f} s"]) + f" -> {out / 'metrics.json'}")
 
 
-OUTPUTS = ('samples.png', 'png', 'samples.npz', 'metrics.json', 'trajectory.png', 'z_role.png')   # in --out
+OUTPUTS = ('samples.png', 'png', 'samples.npz', 'metrics.json', 'trajectory.png', 'z_role.png', 'versus.png')
+
+
+@torch.no_grad()
+def write_versus(G, schedule, meta, args, device, out, n=64):
+    """versus.png: this model and the --versus checkpoint side by side, the same seed for both (the
+    same start noise x_K), real test images first for Fashion-MNIST models, and one trajectory each."""
+    G2, meta2 = load_model(args.versus, device=device)
+    if (meta2['channels'], meta2['image_size']) != (meta['channels'], meta['image_size']):
+        raise ValueError(f"--versus {args.versus} makes {meta2['channels']}x{meta2['image_size']}px images, "
+                         f"this model {meta['channels']}x{meta['image_size']}px")
+    schedule2 = make_schedule(meta2['schedule'], meta2['K'], meta2['discretisation']).to(device)
+    columns, trajectories = {}, {}
+    if meta.get('dataset') == 'fashion_mnist':
+        columns['real (test set)'] = data.FashionMNIST(args.data_dir or 'data', train=False).images[:n]
+    for name, (net, sched, m) in {f"{label_of(meta)} (this)": (G, schedule, meta),
+                                  label_of(meta2): (G2, schedule2, meta2)}.items():
+        shape = (n, m['channels'], m['image_size'], m['image_size'])
+        xs = sample_rgm(net, sched, shape, m['nz'], device=device, posterior=m['posterior'],
+                        noise_scale=args.noise_scale, generator=chunk_generator(args.seed, 0, device), trajectory=True)
+        columns[name] = models.to_uint8(xs[-1]).cpu()
+        trajectories[name] = [x[0] for x in xs]
+    versus_figure(columns, trajectories, out / 'versus.png')
+    print(f"wrote {out / 'versus.png'}")
+
+
+def label_of(meta):
+    """'RGM-KLD-D K=4', 'MMSE K=4', ... from a checkpoint's meta."""
+    prior = meta.get('prior', 'kld')
+    return (f"RGM-{prior.upper()}" if prior != 'mmse' else 'MMSE') + f"-{meta['schedule'].upper()} K={meta['K']}"
 
 
 def build_parser():
@@ -352,6 +408,8 @@ def build_parser():
     p.add_argument('--format', default='grid', choices=['grid', 'png', 'npz'],
                    help='one PNG grid, one PNG per sample, or samples.npz (uint8); never JPEG')
     p.add_argument('--figures', action='store_true', help='also write trajectory.png and z_role.png')
+    p.add_argument('--versus', metavar='CKPT', help='also write versus.png: this model beside another checkpoint '
+                                                    '(e.g. the MMSE baseline), same seed, one trajectory each')
     p.add_argument('--fid', action='store_true', help='FID against the --reference set')
     p.add_argument('--is', dest='is_', action='store_true', help='Inception Score')
     p.add_argument('--reference', help='cifar10 (training set) or a folder of images (default: the checkpoint\'s '

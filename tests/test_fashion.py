@@ -215,12 +215,14 @@ def test_sample_scores_fashion_checkpoints_with_the_classifier(fashion_runs, pri
     out = tmp / f'samples_{prior}'
     sample.main(sample.build_parser().parse_args([
         '--ckpt', str(runs[prior]), '--n', '20', '--batch-size', '10', '--out', str(out), '--figures',
-        '--data-dir', str(folder), '--classifier', str(tmp / 'clf.pt'), '--device', 'cpu']))
+        '--data-dir', str(folder), '--classifier', str(tmp / 'clf.pt'), '--device', 'cpu']
+        + (['--versus', str(runs['mmse'])] if prior == 'kld' else [])))
     summary = json.loads((out / 'metrics.json').read_text())
     assert summary['n_samples'] == 20 and summary['n_reference'] == 32 and summary['fd'] > 0
     assert summary['fd_floor'] >= 0 and sum(summary['class_shares'].values()) == pytest.approx(1)
     assert (out / 'trajectory.png').is_file()
     assert (out / 'z_role.png').is_file() == (prior == 'kld')         # the MMSE model has no z
+    assert (out / 'versus.png').is_file() == (prior == 'kld')
 
 
 def test_pnp_restores_fashion_test_images(fashion_runs):

@@ -10,6 +10,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -240,10 +241,13 @@ class NCSNpp(nn.Module):
         emb_dim = 4 * channels
         block = dict(emb_dim=emb_dim, z_emb_dim=z_emb_dim, dropout=dropout)
 
-        # Mapping network: PixelNorm, then Linear + SiLU layers (StyleGAN).
+        # Mapping network: PixelNorm, then Linear + SiLU layers (StyleGAN). With nz = 0 (no z: the MMSE
+        # baseline, the z ablation) its first layer has no weights and the style is a learned constant.
         layers = [PixelNorm()]
-        for d_in in [nz] + [z_emb_dim] * n_mlp:
-            layers += [_init(nn.Linear(d_in, z_emb_dim), fan='out'), nn.SiLU()]
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', 'Initializing zero-element tensors')     # nn.Linear(0, ...)
+            for d_in in [nz] + [z_emb_dim] * n_mlp:
+                layers += [_init(nn.Linear(d_in, z_emb_dim), fan='out'), nn.SiLU()]
         self.map_z = nn.Sequential(*layers)
         # k embedding: sinusoids, Linear, SiLU, Linear.
         self.map_k = nn.Sequential(_init(nn.Linear(channels, emb_dim)), nn.SiLU(), _init(nn.Linear(emb_dim, emb_dim)))

@@ -2,6 +2,7 @@
 here, the 32 x 32 padding, the MMSE baseline's step against its formula, the Frechet distance against
 Gaussian closed forms, the classifier cache, and the presets' pipeline (train -> sample -> PnP) on a
 tiny data set in the original format."""
+import argparse
 import gzip
 import json
 import struct
@@ -238,3 +239,17 @@ def test_pnp_restores_fashion_test_images(fashion_runs):
             '--task', 'color', '--ckpt', str(runs['kld']), '--dataset', 'fashion_mnist', '--data-dir', str(folder),
             '--n', '2', '--out', str(tmp / 'pnp_color')]))
     assert not (tmp / 'pnp_color').exists()
+
+
+def test_tune_pnp_ranks_settings_on_training_images(fashion_runs, capsys):
+    import tune_pnp
+    tmp, folder, runs = fashion_runs
+    args = argparse.Namespace(ckpt=str(runs['kld']), dataset='fashion_mnist', data_dir=str(folder), tasks=['sr2'],
+                              n=4, sigma_y=25.0, M=[1, 2], lam=[0.1, 1.0], alpha=[0.5], show=4, device='cpu', seed=0)
+    tune_pnp.main(args)
+    out = capsys.readouterr().out
+    rows = [line.split('|') for line in out.splitlines() if line.startswith('| ') and line[2].isdigit()]
+    psnrs = [float(r[4]) for r in rows]
+    assert len(rows) == 4 and psnrs == sorted(psnrs, reverse=True)            # best first
+    best = rows[0]
+    assert f'best: --M {best[1].strip()} --lam {best[2].strip()} --alpha {best[3].strip()}' in out

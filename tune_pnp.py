@@ -1,0 +1,78 @@
+"""Choose plug-and-play settings (M, lambda, alpha) for a model on *training* images, so that the
+test images pnp.py reports on play no part in the choice:
+
+    python tune_pnp.py --ckpt runs/fashion_kld/checkpoints/ckpt_00004000.pt --dataset fashion_mnist \
+        --tasks denoise sr2 sr4 inpaint --n 100
+
+For each task it runs pnp.drs on the first --n images of the training split over a grid of
+settings and prints a table of mean PSNR per setting (best first), then the pnp.py flags of the
+best one. J stays at 1 (one level per iteration), as Table 6 for 32 px images.
+"""
+import argparse
+import itertools
+import time
+
+import torch
+
+import data
+import pnp
+import schedules
+
+
+def evaluate(G, meta, schedule, task, images, sigma_y, settings, seed=0):
+    """Mean PSNR and SSIM of RGM-DRS over `images` (B, C, H, W) in [-1, 1] for one setting."""
+    op = pnp.make_operator(task, images.shape[1:]).to(images.device)
+    y = pnp.degrade(images, op, pnp.sigma_to_unit(sigma_y), torch.Generator().manual_seed(seed))
+    denoise = pnp.rgm_denoiser(G, schedule, meta['nz'], generator=torch.Generator(images.device).manual_seed(seed))
+    x = pnp.drs(y, op, denoise, J=1, **settings)
+    truth = pnp.to_unit(images)
+    return pnp.psnr(pnp.to_unit(x), truth).mean().item(), pnp.ssim(pnp.to_unit(x), truth).mean().item()
+
+
+def main(args):
+    torch.manual_seed(args.seed)
+    G, meta = pnp.load_model(args.ckpt, device=args.device)
+    schedule = schedules.make_schedule(meta['schedule'], meta['K'], meta['discretisation']).to(args.device)
+    if args.dataset == 'fashion_mnist':
+        images = data.FashionMNIST(args.data_dir, train=True).tensors(args.n)[0]
+    else:
+        import torchvision
+        train = torchvision.datasets.CIFAR10(args.data_dir, train=True, download=True)
+        images = torch.stack([pnp.pil_to_model(train[i][0]) for i in range(args.n)])
+    images = images.to(args.device)
+    grid = list(itertools.product(args.M, args.lam, args.alpha))
+    print(f'{args.ckpt}: {args.n} training images of {args.dataset}, {len(grid)} settings per task')
+    for task in args.tasks:
+        sigma_y = args.sigma_y if task == 'denoise' else 0.0
+        tic, rows = time.perf_counter(), []
+        for M, lam, alpha in grid:
+            p, s = evaluate(G, meta, schedule, task, images, sigma_y, dict(M=M, lam=lam, alpha=alpha), args.seed)
+            rows.append((p, s, M, lam, alpha))
+        rows.sort(reverse=True)
+        baseline = pnp.paper_settings(task, meta['image_size'])[0]
+        paper = evaluate(G, meta, schedule, task, images, sigma_y,
+                         {k: baseline[k] for k in ('M', 'lam', 'alpha')}, args.seed)
+        print(f'\n{task} (sigma_y {sigma_y}): {time.perf_counter() - tic:.0f} s; Table 6 setting {baseline}: '
+              f'PSNR {paper[0]:.2f}\n')
+        print('| M | lambda | alpha | PSNR | SSIM |\n|---|---|---|---|---|')
+        for p, s, M, lam, alpha in rows[:args.show]:
+            print(f'| {M} | {lam:g} | {alpha:g} | {p:.2f} | {s:.4f} |')
+        p, s, M, lam, alpha = rows[0]
+        print(f'\nbest: --M {M} --lam {lam:g} --alpha {alpha:g}', flush=True)
+
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--ckpt', required=True)
+    p.add_argument('--dataset', default='fashion_mnist', choices=['fashion_mnist', 'cifar10'])
+    p.add_argument('--data-dir', default='data')
+    p.add_argument('--tasks', nargs='+', default=['denoise', 'sr2', 'sr4', 'inpaint'], choices=sorted(pnp.TASKS))
+    p.add_argument('--n', type=data.positive_int, default=100, help='first N training images')
+    p.add_argument('--sigma-y', type=data.positive_float, default=25.0, help='denoising noise, 0-255 units')
+    p.add_argument('--M', type=data.positive_int, nargs='+', default=[5, 10, 20])
+    p.add_argument('--lam', type=data.positive_float, nargs='+', default=[0.01, 0.1, 1.0, 5.0])
+    p.add_argument('--alpha', type=data.positive_float, nargs='+', default=[0.1, 0.2, 0.5])
+    p.add_argument('--show', type=data.positive_int, default=5, help='rows of each table')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--seed', type=int, default=0)
+    main(p.parse_args())

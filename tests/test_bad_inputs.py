@@ -248,3 +248,19 @@ def test_ema_less_checkpoint_hint_is_a_flag_of_both_scripts(ckpt, tmp_path):
                                                                  str(tmp_path), '--out', str(tmp_path / 'p')]))]:
         with pytest.raises(KeyError, match='--no-ema in sample.py and pnp.py'):
             main(argv)
+
+
+def test_cifar10_offline_says_where_to_put_the_archive(tmp_path, monkeypatch, ckpt):
+    import urllib.error
+
+    import torchvision
+
+    def offline(*a, **k):
+        raise urllib.error.URLError('no network')
+    monkeypatch.setattr(torchvision.datasets, 'CIFAR10', offline)
+    with pytest.raises(RuntimeError, match='cifar-10-python.tar.gz'):
+        ti.build_dataset('cifar10', str(tmp_path), 32)
+    with pytest.raises(RuntimeError, match='cifar-10-python.tar.gz'):
+        pnp.main(pnp.build_parser().parse_args(['--task', 'sr2', '--ckpt', str(ckpt), '--no-ema', '--dataset', 'cifar10',
+                                                '--data-dir', str(tmp_path), '--out', str(tmp_path / 'o')]))
+    assert not (tmp_path / 'o').exists()

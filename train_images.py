@@ -1,6 +1,8 @@
 """Train RGM on images (paper Section 5, Appendix B.2): one process, or many through torchrun.
 
     python train_images.py --preset tiny --out runs/tiny                      # CPU, fake data, ~1 min
+    python train_images.py --preset fashion_kld_d --out runs/fashion_kld      # Fashion-MNIST on a 2-core CPU
+    python train_images.py --preset fashion_mmse_d --out runs/fashion_mmse    # its MMSE baseline
     torchrun --nproc_per_node 8 train_images.py --preset cifar10_kld_d --out runs/kld_d
     torchrun --nproc_per_node 8 --max-restarts 3 train_images.py --preset cifar10_kld_sr --out runs/kld_sr
     torchrun --nproc_per_node 8 train_images.py --preset celeba256_kld_d --dataset lsun_church \
@@ -16,7 +18,9 @@ T_max = 1800 epochs, CIFAR-10's 200k steps (~1025 epochs) end at ~43% of the sta
 
 The run directory (--out) holds config.json, log.jsonl (one JSON record per --log-every steps),
 samples/ (EMA sample grids) and checkpoints/ (the latest --keep-ckpts, written atomically, in the
-format of models.py). --resume continues the run; a worker restarted by torchrun resumes by itself.
+format of models.py). An --out that holds files is refused unless --resume continues that run (or
+--resume PATH from one of its earlier checkpoints) or --overwrite starts over; a worker restarted by
+torchrun resumes by itself.
 --out must be on a file system that every node sees.
 """
 import argparse
@@ -697,7 +701,9 @@ def parse_args(argv=None):
                    help='cifar10 (downloaded into --data-dir), celeba_hq (a folder of images; the authors '
                         'trained on those of CelebA\'s train partition), lsun_church '
                         '(--data-dir holds church_outdoor_train_lmdb; needs `pip install lmdb`), folder (any '
-                        'folder of images, see --image-size), fake (random images, for tests)')
+                        'folder of images, see --image-size), fashion_mnist (one channel, padded to 32 x 32; '
+                        'its IDX files in --data-dir, /usr/share/datasets/fashion-mnist, or downloaded), fake '
+                        '(random images, for tests)')
     g.add_argument('--data-dir', default='data')
     g.add_argument('--image-size', type=data.positive_int, default=None, help='resize + center crop to this side (default: --net\'s)')
     g.add_argument('--fake-size', type=data.positive_int, default=64, help='number of images of --dataset fake')

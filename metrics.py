@@ -9,7 +9,8 @@ FID (Heusel et al. 2017), computed by torch-fidelity's own statistics functions,
 poor fit for 28 x 28 gray clothes and need a download; this classifier needs neither, and its floor
 (the FD between 10,000 training and 10,000 test images) is printed beside every score.
 
-    python metrics.py                  # train (or load) the cached classifier; print its accuracy and the floor
+    python metrics.py          # train (or load) the cached classifier; print its accuracy, the floor,
+                               # and the distance of blurred real images, for scale
 """
 import argparse
 import os
@@ -179,8 +180,12 @@ def main():
     print(f'classifier {args.classifier} ({"trained now" if trained else "cached"}): test accuracy {accuracy:.4f}')
     test = data.FashionMNIST(args.data_dir, train=False).images[:args.n]
     train = data.FashionMNIST(args.data_dir, train=True).images[:args.n]
-    floor = frechet_distance(run_classifier(net, train)[0], run_classifier(net, test)[0])
+    f_test = run_classifier(net, test)[0]
+    floor = frechet_distance(run_classifier(net, train)[0], f_test)
     print(f'floor: FD between {args.n} training and {args.n} test images = {floor:.3f}')
+    for size in (3, 5):             # what blur costs: training images through a size x size box filter
+        blurred = F.avg_pool2d(as_float(train), size, stride=1, padding=size // 2, count_include_pad=False)
+        print(f'training images blurred by a {size}x{size} box filter: FD {frechet_distance(run_classifier(net, blurred)[0], f_test):.3f}')
 
 
 if __name__ == '__main__':

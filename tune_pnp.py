@@ -60,9 +60,8 @@ def main(args):
             p, s = evaluate(G, meta, schedule, task, images, sigma_y, dict(M=M, lam=lam, alpha=alpha), args.seed)
             rows.append((p, s, M, lam, alpha))
         rows.sort(reverse=True)
-        baseline = pnp.paper_settings(task, meta['image_size'])[0]
-        paper = evaluate(G, meta, schedule, task, images, sigma_y,
-                         {k: baseline[k] for k in ('M', 'lam', 'alpha')}, args.seed)
+        baseline = {k: v for k, v in pnp.paper_settings(task, meta['image_size'])[0].items() if k != 'J'}
+        paper = evaluate(G, meta, schedule, task, images, sigma_y, baseline, args.seed)
         others = ', '.join(f'{name} {p:.2f}' for name, p in baselines(task, images, sigma_y, args.seed).items())
         print(f'\n{task} (sigma_y {sigma_y}): {time.perf_counter() - tic:.0f} s; Table 6 setting {baseline}: '
               f'PSNR {paper[0]:.2f}; baselines: {others}\n')

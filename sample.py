@@ -266,6 +266,8 @@ def main(args):
     master = rank == 0
     G, meta = load_model(args.ckpt, not args.no_ema, args.authors_config, args.schedule, args.K,
                          args.discretisation, device)
+    if args.compile:            # faster sampling on CPU and GPU (bench/sampling.py); compiles on the first chunk
+        G = torch.compile(G)
     schedule = make_schedule(meta['schedule'], meta['K'], meta['discretisation']).to(device)
     schedule.check_shape((1, meta['channels'], meta['image_size'], meta['image_size']))
     out = Path(args.out or Path(args.ckpt).resolve().parent / 'samples')
@@ -368,8 +370,10 @@ def write_versus(G, schedule, meta, args, device, out, n=64):
     columns, trajectories = {}, {}
     if meta.get('dataset') == 'fashion_mnist':
         columns['real (test set)'] = data.FashionMNIST(args.data_dir or 'data', train=False).images[:n]
-    for name, (net, sched, m) in {f"{label_of(meta)} (this)": (G, schedule, meta),
-                                  label_of(meta2): (G2, schedule2, meta2)}.items():
+    names = [label_of(meta), label_of(meta2)]
+    if names[0] == names[1]:
+        names = [f'{names[0]} ({Path(args.ckpt).name})', f'{names[1]} ({Path(args.versus).name})']
+    for name, (net, sched, m) in zip(names, [(G, schedule, meta), (G2, schedule2, meta2)]):
         shape = (n, m['channels'], m['image_size'], m['image_size'])
         xs = sample_rgm(net, sched, shape, m['nz'], device=device, posterior=m['posterior'],
                         noise_scale=args.noise_scale, generator=chunk_generator(args.seed, 0, device), trajectory=True)
@@ -407,6 +411,8 @@ def build_parser():
                    help="replace an earlier run's outputs in --out (" + ', '.join(OUTPUTS) + ')')
     p.add_argument('--format', default='grid', choices=['grid', 'png', 'npz'],
                    help='one PNG grid, one PNG per sample, or samples.npz (uint8); never JPEG')
+    p.add_argument('--compile', action='store_true', help='torch.compile the generator (bench/sampling.py: 1.2-1.7x '
+                                                          'faster on a CPU, after a compilation of ~20 s)')
     p.add_argument('--figures', action='store_true', help='also write trajectory.png and z_role.png')
     p.add_argument('--versus', metavar='CKPT', help='also write versus.png: this model beside another checkpoint '
                                                     '(e.g. the MMSE baseline), same seed, one trajectory each')

@@ -1,6 +1,12 @@
 """RGM objectives: the data-fidelity term and the learned priors (paper Eqs. 5-8, Appendix B.2).
 
-    L_G = lam * fidelity(x_{k+1}, x0_hat)  +  g_phi(x_k_hat)                     (Eq. 8)
+    L_G = lam * fidelity  +  g_phi(x_k_hat)                                       (Eq. 8)
+
+with x0_hat = G(x_{k+1}, k, z) and x_k_hat its restoration at level k. The fidelity compares the
+observation x_{k+1} with what the restoration predicts for it:
+    Algorithm 2 (prior sampling, the default):  x_{k+1} against A_{k+1} x0_hat            `fidelity`
+    Algorithm 1 (posterior sampling, RGM-D):    x_{k+1} against a_{k+1} x_k_hat,
+                                                x_k_hat ~ q(x_k | x_{k+1}, x0_hat)         `posterior_fidelity`
 
 The priors g_phi act on flat features (B, F): 2D points for the toy, discriminator
 features for images. Scripts pick one through the registry `PRIORS`.

@@ -219,15 +219,16 @@ ITERATES = ('x', 'y', 'prox', 'all')
 
 @torch.no_grad()
 def drs(y, op, denoise, x_init=None, M=10, J=1, alpha=0.2, lam=0.1, return_iterate='x'):
-    """Restore the observation y. Per step, with Algorithm 4's names:
-        y_j = (1 - alpha) x + alpha denoise(x, j)      relaxed denoiser
-        z   = prox_{lam f}(2 y_j - x)                   reflected data step
-        x   = x + z - y_j                               DRS variable
-    return_iterate: 'x' (the authors' choice), 'y' (the denoised iterate), 'prox' (z, which fits the
-    data) or 'all' (a dict of the three). With a Gaussian prior's exact denoiser, alpha = 1 and
-    lam = sigma^2 / sigma_y^2, y and z converge to the posterior mean while x stays off it by
-    -lam H^T (H y - y_obs): at a fixed point z = y (the x update stops moving), and z = prox(2y - x)
-    reads y + lam H^T (H y - y_obs) = 2y - x, so x = y - lam H^T (H y - y_obs)."""
+    """Restore the observation `y` (the argument; written y_obs below). Per step j, with Algorithm
+    4's names for the three iterates:
+        v = (1 - alpha) x + alpha denoise(x, j)         relaxed denoiser        ('y' in Algorithm 4)
+        z = prox_{lam f}(2 v - x)                        reflected data step, f(u) = 1/2 ||H u - y_obs||^2
+        x = x + z - v                                    DRS variable
+    return_iterate: 'x' (the authors' choice), 'y' (the denoised iterate v), 'prox' (z, which fits
+    the data) or 'all' (a dict of the three). With a Gaussian prior's exact denoiser, alpha = 1 and
+    lam = sigma^2 / sigma_y^2, v and z converge to the posterior mean while x stays off it by
+    -lam H^T (H v - y_obs): at a fixed point z = v (the x update stops moving), and z = prox(2v - x)
+    reads v + lam H^T (H v - y_obs) = 2v - x, so x = v - lam H^T (H v - y_obs)."""
     if return_iterate not in ITERATES:
         raise ValueError(f'return_iterate must be one of {ITERATES}, got {return_iterate!r}')
     if M < 1 or J < 1:

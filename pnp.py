@@ -382,12 +382,14 @@ def clean_shape(image, task, observed, C, S):
 
 def check_args(args):
     """Errors that need no file: before anything is loaded or written."""
-    if args.sigma_y is None:
+    if args.observed:           # restored as they are: no noise is added
+        if args.sigma_y:
+            raise ValueError('--sigma-y adds noise to clean images; --observed images are restored as they are')
+        args.sigma_y = 0.0
+    elif args.sigma_y is None:
         args.sigma_y = 25.0 if args.task == 'denoise' else 0.0
-    if args.task == 'denoise' and args.sigma_y == 0:
+    if args.task == 'denoise' and not args.observed and args.sigma_y == 0:
         raise ValueError('--task denoise needs noise to remove: give --sigma-y > 0 (default 25)')
-    if args.observed and args.sigma_y:
-        raise ValueError('--sigma-y adds noise to clean images; --observed images are restored as they are')
 
 
 def main(args):
@@ -481,7 +483,8 @@ def build_parser():
     parser.add_argument('--sigma-y', type=datasets.nonnegative_float, default=None,
                         help='observation noise std in 0-255 pixel units (25 means 25/255 of the range; '
                              'converted once to 2*sigma/255 in the [-1, 1] space of the model). Default: 25 for '
-                             'denoise (which needs > 0), 0 for the other tasks')
+                             'denoise (which needs > 0), 0 for the other tasks; not given with --observed, whose images '
+                             'already hold their noise')
     parser.add_argument('--M', type=datasets.positive_int, help='DRS iterations (default: Table 6 for the task)')
     parser.add_argument('--J', type=datasets.positive_int, help='levels per iteration, J..1 (default: Table 6)')
     parser.add_argument('--alpha', type=datasets.positive_float, help='denoiser relaxation (default: Table 6)')

@@ -264,3 +264,13 @@ def test_cifar10_offline_says_where_to_put_the_archive(tmp_path, monkeypatch, ck
         pnp.main(pnp.build_parser().parse_args(['--task', 'sr2', '--ckpt', str(ckpt), '--no-ema', '--dataset', 'cifar10',
                                                 '--data-dir', str(tmp_path), '--out', str(tmp_path / 'o')]))
     assert not (tmp_path / 'o').exists()
+
+
+def test_pnp_denoises_an_observed_noisy_image_without_sigma(ckpt, tmp_path):
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / 'noisy.png')
+    pnp.main(pnp.build_parser().parse_args(['--task', 'denoise', '--ckpt', str(ckpt), '--no-ema', '--M', '1',
+                                            '--observed', str(tmp_path / 'noisy.png'), '--out', str(tmp_path / 'o')]))
+    assert (tmp_path / 'o' / 'restored' / 'noisy.png').is_file()
+    with pytest.raises(ValueError, match='restored as they are'):
+        pnp.main(pnp.build_parser().parse_args(['--task', 'denoise', '--ckpt', str(ckpt), '--no-ema', '--sigma-y', '25',
+                                                '--observed', str(tmp_path / 'noisy.png'), '--out', str(tmp_path / 'p')]))

@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -18,3 +21,13 @@ def device(request):
     if request.param == 'cuda' and not torch.cuda.is_available():
         pytest.skip('no CUDA device')
     return torch.device(request.param)
+
+
+def parity_fixture_path():
+    """The authors' tiny networks with their outputs (tests/fixtures/README.md). A 4 MB binary, so it is
+    not in git: put it at tests/fixtures/authors_parity_tiny.pt or name it in $RGM_PARITY_FIXTURE;
+    the parity tests skip without it."""
+    path = Path(os.environ.get('RGM_PARITY_FIXTURE', Path(__file__).parent / 'fixtures' / 'authors_parity_tiny.pt'))
+    if not path.is_file():
+        pytest.skip(f'{path} is absent: the parity fixture is not in git (tests/fixtures/README.md)')
+    return path

@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import parity_fixture_path
 import models
 
 FIXTURES = Path(__file__).resolve().parent / 'fixtures'      # data from the authors' networks (README there)
 
 
 def _fixture(name):
-    path = FIXTURES / name
-    return path
+    return parity_fixture_path() if name.endswith('.pt') else FIXTURES / name
 
 
 @pytest.fixture(scope='module')

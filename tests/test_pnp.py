@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import parity_fixture_path
 import models
 import pnp
 import schedules
 
-FIXTURES = Path(__file__).resolve().parent / 'fixtures'      # data from the authors' networks (README there)
 DT = torch.float64
 OPERATORS = [('denoise', (3, 4, 4)), ('sr2', (3, 4, 4)), ('sr2', (3, 8, 8)), ('sr4', (3, 8, 8)),
              ('sr2', (2, 4, 6)), ('color', (3, 4, 4)), ('color', (3, 8, 8)), ('inpaint', (3, 4, 4))]
@@ -461,8 +461,7 @@ def test_cli_rejects_unknown_task_and_too_many_levels(tiny, tmp_path):
 
 def test_authors_generator_loads_through_the_converter(tmp_path):
     """The --authors-config path: the authors' tiny generator (stored fixture) gives their output."""
-    path = FIXTURES / 'authors_parity_tiny.pt'
-    fixture = torch.load(path, weights_only=True)
+    fixture = torch.load(parity_fixture_path(), weights_only=True)
     torch.save(fixture['G_state_dict'], tmp_path / 'netG.pth')
     G, meta = pnp.load_model(tmp_path / 'netG.pth', authors_config='tiny', schedule='d', K=4)
     inputs = fixture['G_inputs']

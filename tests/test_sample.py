@@ -14,12 +14,12 @@ import torch
 import torch_fidelity
 from PIL import Image
 
+from conftest import parity_fixture_path
 import models
 import sample
 from schedules import make_schedule, sample_rgm
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parent / 'fixtures'      # data from the authors' networks (README there)
 META = dict(schedule='d', K=4, discretisation='original', posterior=False, nz=8, image_size=32, channels=3)
 
 
@@ -136,8 +136,7 @@ def test_missing_corrupt_and_ema_less_checkpoints_give_clear_errors(ckpt, tmp_pa
 
 
 def test_authors_generator_file_is_converted_and_samples(tmp_path):
-    path = FIXTURES / 'authors_parity_tiny.pt'
-    parity = torch.load(path, weights_only=True)
+    parity = torch.load(parity_fixture_path(), weights_only=True)
     netG = tmp_path / 'netG_1200.pth'           # as DataParallel saves it
     torch.save({f'module.{k}': v for k, v in parity['G_state_dict'].items()}, netG)
     G, meta = sample.load_model(str(netG), authors_config='tiny')

@@ -14,7 +14,6 @@ poor fit for 28 x 28 gray clothes and need a download; this classifier needs nei
 """
 import argparse
 import os
-import tempfile
 
 import numpy as np
 import torch
@@ -24,6 +23,7 @@ from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics
 from tqdm import tqdm
 
 import data
+import models
 
 CLASSIFIER_FORMAT = 'rgm-fashion-classifier-v1'
 DEFAULT_CLASSIFIER = os.path.join(torch.hub.get_dir(), 'checkpoints', 'rgm_fashion_classifier.pt')
@@ -115,17 +115,8 @@ def train_classifier(train_set, test_set, epochs=5, batch_size=128, lr=2e-3, see
 
 
 def save_classifier(net, accuracy, path):
-    """Atomic write (a temporary file in the same folder, then a rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix='.pt')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(dict(format=CLASSIFIER_FORMAT, state=net.state_dict(), test_accuracy=accuracy), f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Written atomically, as every checkpoint of the project (models.save_checkpoint)."""
+    models.save_checkpoint(dict(format=CLASSIFIER_FORMAT, state=net.state_dict(), test_accuracy=accuracy), path)
 
 
 def load_classifier(path):

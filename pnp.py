@@ -242,6 +242,15 @@ def drs(y, op, denoise, x_init=None, M=10, J=1, alpha=0.2, lam=0.1, return_itera
     return {'x': x, 'y': y_j, 'prox': z, 'all': dict(x=x, y=y_j, prox=z)}[return_iterate]
 
 
+def baselines(y, op):
+    """The restorations RGM is compared with: the pseudo-inverse H^+ y, and bicubic upsampling for
+    super-resolution. {name: (B, C, H, W)}."""
+    out = {'pinv': op.pinv(y)}
+    if isinstance(op, SuperResolution):
+        out['bicubic'] = F.interpolate(y, scale_factor=op.factor, mode='bicubic', align_corners=False)
+    return out
+
+
 def rgm_denoiser(G, schedule, nz, noise_scale=0.99, generator=None):
     """denoise(x, j) = G(x_j, j - 1, z): x_j = forward(x, j) with its noise scaled by noise_scale,
     z ~ N(0, I) (Algorithm 4, lines 4-5; the authors' noise_factor 0.99)."""
@@ -420,9 +429,7 @@ def main(args):
         names, batch = zip(*items[start:start + args.batch_size])
         batch = torch.stack(batch).to(args.device)                                  # (B, C, H, W)
         x, y = (None, batch) if observed else (batch, degrade(batch, op, sigma_to_unit(args.sigma_y), noise))
-        results = {'pinv': op.pinv(y)}                                               # observation shown as H^+ y
-        if isinstance(op, SuperResolution):
-            results['bicubic'] = F.interpolate(y, scale_factor=op.factor, mode='bicubic', align_corners=False)
+        results = baselines(y, op)                                                   # observation shown as H^+ y
         tic = time.perf_counter()
         results['rgm'] = drs(y, op, denoise, return_iterate=args.return_iterate, **settings)
         if batch.is_cuda:

@@ -33,11 +33,8 @@ def baselines(task, images, sigma_y, seed=0):
     """Mean PSNR of the pseudo-inverse H^+ y (and bicubic upsampling for super-resolution)."""
     op = pnp.make_operator(task, images.shape[1:]).to(images.device)
     y = pnp.degrade(images, op, pnp.sigma_to_unit(sigma_y), torch.Generator().manual_seed(seed))
-    out = {'pinv': op.pinv(y)}
-    if isinstance(op, pnp.SuperResolution):
-        out['bicubic'] = torch.nn.functional.interpolate(y, scale_factor=op.factor, mode='bicubic', align_corners=False)
     truth = pnp.to_unit(images)
-    return {name: pnp.psnr(pnp.to_unit(x), truth).mean().item() for name, x in out.items()}
+    return {name: pnp.psnr(pnp.to_unit(x), truth).mean().item() for name, x in pnp.baselines(y, op).items()}
 
 
 def main(args):

@@ -21,6 +21,24 @@ def median_seconds(fn, reps, device, warmup=True):
     return sorted(times)[len(times) // 2]
 
 
+def median_ms_events(fn, reps, device):
+    """Median milliseconds of fn() over `reps` calls after two warm-up calls; on CUDA timed with CUDA
+    events (the GPU's own clock, no host round trip inside the interval), else with the wall clock."""
+    fn()
+    fn()
+    if device.type != 'cuda':
+        return median_seconds(fn, reps, device, warmup=False) * 1e3
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
 def untrained_generator(args):
     """Seeded, untrained NCSN++ of configuration `args.config` on `args.device` (timing only)."""
     import models

@@ -31,6 +31,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from common import median_ms_events as cuda_ms  # noqa: E402
 import models  # noqa: E402
 import pnp  # noqa: E402
 import train_images  # noqa: E402
@@ -59,26 +60,6 @@ def section_models(args):
     # models.py times on the GPU when there is one; --configs cifar10 celeba256 would add the 256 px network
     code, out = run([sys.executable, 'models.py'] + (['--configs', 'tiny'] if args.quick else []), 300)
     print(f'exit {code}\n```\n{tail(out, 20)}\n```')
-
-
-def cuda_ms(fn, reps, device):
-    """Median milliseconds of fn() over `reps` calls after two warm-up calls (CUDA events on a GPU)."""
-    fn()
-    fn()
-    times = []
-    for _ in range(reps):
-        if device.type == 'cuda':
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            tic = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - tic) * 1e3)
-    return sorted(times)[len(times) // 2]
 
 
 def section_train_step(args):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import models
 import toy2d
 
 
@@ -119,3 +120,28 @@ def test_posterior_training_and_sampling_use_algorithm_1():
     G, s = toy2d.train('kld', iters=2500, posterior=True, seed=0, progress=False)
     x = toy2d.sample_rgm(G, s, (5000, 2), G.nz, posterior=True)
     assert 1.6 < x.norm(dim=1).mean() < 2.4 and toy2d.evaluate(x, '8gaussians')['modes'] == 8
+
+
+def test_kld_g_step_draws_afresh_from_the_d_step(monkeypatch):
+    """As the authors do: each iteration's G step draws its own k, x_k, x_{k+1} and z, not the
+    D step's. The levels D sees in its real batch and in the G step's fake batch differ (random
+    levels per sample: 64 equal draws out of 4 levels would have chance 4^-64)."""
+    seen = []
+    forward = models.ToyDiscriminator.forward
+
+    def record(self, x, k):
+        seen.append(k.clone())
+        return forward(self, x, k)
+    monkeypatch.setattr(models.ToyDiscriminator, 'forward', record)
+    toy2d.train('kld', iters=1, batch_size=64, progress=False)
+    d_real, d_fake, g_fake = seen              # D step: real and fake on one draw; then the G step
+    assert torch.equal(d_real, d_fake) and not torch.equal(d_real, g_fake)
+
+
+def test_parallel_training_gives_the_networks_of_sequential_training():
+    kwargs = {m: dict(method=m, iters=5, batch_size=32, seed=3, progress=False) for m in ('kld', 'mmse')}
+    one = toy2d.train_methods(kwargs, jobs=1, threads=1)
+    two = toy2d.train_methods(kwargs, jobs=2, threads=1)
+    for m in kwargs:
+        for p, q in zip(one[m][0].parameters(), two[m][0].parameters()):
+            assert torch.equal(p, q)

@@ -410,7 +410,7 @@ def main(args):
     if args.task == 'color' and meta['channels'] != 3:
         raise ValueError(f"colorization needs a colour model (3 channels); {args.ckpt} makes "
                          f"{meta['channels']}-channel images")
-    schedule = schedules.make_schedule(meta['schedule'], meta['K'], meta['discretisation']).to(args.device)
+    schedule = schedules.schedule_of(meta, args.device)
     settings, source = paper_settings(args.task, meta['image_size'])
     settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
     if settings['J'] > schedule.K:

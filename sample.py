@@ -30,7 +30,7 @@ from tqdm import tqdm
 import data
 import metrics
 import models
-from schedules import SCHEDULES, make_schedule, sample_rgm
+from schedules import SCHEDULES, sample_rgm, schedule_of
 
 
 def load_model(ckpt, ema=True, authors_config=None, schedule=None, K=None, discretisation=None, device='cpu'):
@@ -268,7 +268,7 @@ def main(args):
                          args.discretisation, device)
     if args.compile:            # faster sampling on CPU and GPU (bench/sampling.py); compiles on the first chunk
         G = torch.compile(G)
-    schedule = make_schedule(meta['schedule'], meta['K'], meta['discretisation']).to(device)
+    schedule = schedule_of(meta, device)
     schedule.check_shape((1, meta['channels'], meta['image_size'], meta['image_size']))
     out = Path(args.out or Path(args.ckpt).resolve().parent / 'samples')
     data.prepare_out(str(out), OUTPUTS, args.overwrite, 'sample.py run', remove=False)     # refuse before any work
@@ -366,7 +366,7 @@ def write_versus(G, schedule, meta, args, device, out, n=64):
     if (meta2['channels'], meta2['image_size']) != (meta['channels'], meta['image_size']):
         raise ValueError(f"--versus {args.versus} makes {meta2['channels']}x{meta2['image_size']}px images, "
                          f"this model {meta['channels']}x{meta['image_size']}px")
-    schedule2 = make_schedule(meta2['schedule'], meta2['K'], meta2['discretisation']).to(device)
+    schedule2 = schedule_of(meta2, device)
     columns, trajectories = {}, {}
     if meta.get('dataset') == 'fashion_mnist':
         columns['real (test set)'] = data.FashionMNIST(args.data_dir or 'data', train=False).images[:n]

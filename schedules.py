@@ -108,16 +108,17 @@ class _Schedule:
             raise ValueError(f'K (number of degradation steps) must be an integer >= 1, got {K}')
         self.K = int(K)
         self.discretisation = discretisation
-        self.tables = vp_coefficients(self.num_noise_levels, discretisation)
-        for name, v in self.tables.items():
+        self._set_tables(vp_coefficients(self.num_noise_levels, discretisation))
+
+    def _set_tables(self, tables):
+        self.tables = tables                    # also readable as attributes: self.abar, self.sigmabar, ...
+        for name, v in tables.items():
             setattr(self, name, v)
 
     def to(self, device):
         """Keep the tables on `device` (as a module's buffers): then looking them up for data on that
         device copies nothing. Returns self."""
-        self.tables = {name: v.to(device) for name, v in self.tables.items()}
-        for name, v in self.tables.items():
-            setattr(self, name, v)
+        self._set_tables({name: v.to(device) for name, v in self.tables.items()})
         return self
 
     num_noise_levels = property(lambda self: self.K)
@@ -282,6 +283,12 @@ def make_schedule(name, K=4, discretisation='original'):
     if name not in SCHEDULES:
         raise ValueError(f'unknown forward process {name!r}: choose one of {sorted(SCHEDULES)}')
     return SCHEDULES[name](K=K, discretisation=discretisation)
+
+
+def schedule_of(meta, device='cpu'):
+    """The forward process a checkpoint was trained with (its meta: schedule, K, discretisation),
+    with its tables on `device`."""
+    return make_schedule(meta['schedule'], meta['K'], meta['discretisation']).to(device)
 
 
 # ----------------------------------------------------------------------------

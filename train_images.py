@@ -338,6 +338,12 @@ def train_step(G, D, opt_G, opt_D, x0, schedule, gan, prior, step, lam, nz, post
                 prior=g.detach(), loss_G=loss_G.detach())
 
 
+def bf16_autocast(device, enabled):
+    """A no-argument callable that opens bfloat16 autocast on `device` (a no-op when not enabled):
+    the `autocast` argument of train_step and mmse_step."""
+    return functools.partial(torch.autocast, torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
+
+
 @torch.no_grad()
 def ema_update(ema_params, params, decay):
     """The EMA of the generator's weights: p_ema <- decay p_ema + (1 - decay) p, for every tensor at once."""
@@ -557,7 +563,7 @@ def train(args, rank, world_size, device):
     if D is not None:
         D_ddp = maybe_ddp(D)
         critic_views = Critic(D, train=maybe_compile(D_ddp), r1=D_ddp, frozen=maybe_compile(D))
-    autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=args.amp)
+    autocast = bf16_autocast(device, args.amp)
     shared = torch.Generator(device)                    # same draws on every rank
 
     # ---- run directory and log ----

@@ -19,28 +19,29 @@ import pnp
 import schedules
 
 
-def evaluate(G, meta, schedule, task, images, sigma_y, settings, seed=0):
-    """Mean PSNR and SSIM of RGM-DRS over `images` (B, C, H, W) in [-1, 1] for one setting."""
+def observe(task, images, sigma_y, seed=0):
+    """The task's operator and the observations y = H x + noise of `images` (B, C, H, W) in [-1, 1]:
+    one draw per task, shared by every setting and by the baselines."""
     op = pnp.make_operator(task, images.shape[1:]).to(images.device)
-    y = pnp.degrade(images, op, pnp.sigma_to_unit(sigma_y), torch.Generator().manual_seed(seed))
+    return op, pnp.degrade(images, op, pnp.sigma_to_unit(sigma_y), torch.Generator().manual_seed(seed))
+
+
+def mean_scores(x, images):
+    """Mean PSNR and SSIM of restorations x against the clean images (both in [-1, 1])."""
+    x, truth = pnp.to_unit(x), pnp.to_unit(images)
+    return pnp.psnr(x, truth).mean().item(), pnp.ssim(x, truth).mean().item()
+
+
+def evaluate(G, meta, schedule, op, y, images, settings, seed=0):
+    """Mean PSNR and SSIM of RGM-DRS restoring y for one setting (J = 1)."""
     denoise = pnp.rgm_denoiser(G, schedule, meta['nz'], generator=torch.Generator(images.device).manual_seed(seed))
-    x = pnp.drs(y, op, denoise, J=1, **settings)
-    truth = pnp.to_unit(images)
-    return pnp.psnr(pnp.to_unit(x), truth).mean().item(), pnp.ssim(pnp.to_unit(x), truth).mean().item()
-
-
-def baselines(task, images, sigma_y, seed=0):
-    """Mean PSNR of the pseudo-inverse H^+ y (and bicubic upsampling for super-resolution)."""
-    op = pnp.make_operator(task, images.shape[1:]).to(images.device)
-    y = pnp.degrade(images, op, pnp.sigma_to_unit(sigma_y), torch.Generator().manual_seed(seed))
-    truth = pnp.to_unit(images)
-    return {name: pnp.psnr(pnp.to_unit(x), truth).mean().item() for name, x in pnp.baselines(y, op).items()}
+    return mean_scores(pnp.drs(y, op, denoise, J=1, **settings), images)
 
 
 def main(args):
     torch.manual_seed(args.seed)
     G, meta = pnp.load_model(args.ckpt, device=args.device)
-    schedule = schedules.make_schedule(meta['schedule'], meta['K'], meta['discretisation']).to(args.device)
+    schedule = schedules.schedule_of(meta, args.device)
     if args.dataset == 'fashion_mnist':
         images = data.FashionMNIST(args.data_dir, train=True).tensors(args.n)[0]
     else:
@@ -53,13 +54,14 @@ def main(args):
     for task in args.tasks:
         sigma_y = args.sigma_y if task == 'denoise' else 0.0
         tic, rows = time.perf_counter(), []
+        op, y = observe(task, images, sigma_y, args.seed)
         for M, lam, alpha in grid:
-            p, s = evaluate(G, meta, schedule, task, images, sigma_y, dict(M=M, lam=lam, alpha=alpha), args.seed)
+            p, s = evaluate(G, meta, schedule, op, y, images, dict(M=M, lam=lam, alpha=alpha), args.seed)
             rows.append((p, s, M, lam, alpha))
         rows.sort(reverse=True)
         baseline = {k: v for k, v in pnp.paper_settings(task, meta['image_size'])[0].items() if k != 'J'}
-        paper = evaluate(G, meta, schedule, task, images, sigma_y, baseline, args.seed)
-        others = ', '.join(f'{name} {p:.2f}' for name, p in baselines(task, images, sigma_y, args.seed).items())
+        paper = evaluate(G, meta, schedule, op, y, images, baseline, args.seed)
+        others = ', '.join(f'{name} {mean_scores(x, images)[0]:.2f}' for name, x in pnp.baselines(y, op).items())
         print(f'\n{task} (sigma_y {sigma_y}): {time.perf_counter() - tic:.0f} s; Table 6 setting {baseline}: '
               f'PSNR {paper[0]:.2f}; baselines: {others}\n')
         print('| M | lambda | alpha | PSNR | SSIM |\n|---|---|---|---|---|')

@@ -130,7 +130,7 @@ def section_sampling(args):
     for process, K in (('d', 4), ('sr', 7)):
         schedule = make_schedule(process, K).to(device)
         for precision in ('fp32', 'bf16'):
-            amp = autocast_fn(device, precision == 'bf16')
+            amp = train_images.bf16_autocast(device, precision == 'bf16')
             modes = ['eager'] + ([] if args.quick else ['compile']) + (['cuda graph'] if device.type == 'cuda' else [])
             for mode in modes:
                 try:
@@ -139,11 +139,6 @@ def section_sampling(args):
                     print(f'| {process} | {K} | {precision} | {mode} | {ms:.1f} | {n / ms * 1e3:.0f} |', flush=True)
                 except Exception as e:          # report and go on
                     print(f'| {process} | {K} | {precision} | {mode} | failed: {type(e).__name__}: {str(e)[:80]} ||')
-
-
-def autocast_fn(device, enabled):
-    """A no-argument callable giving the bf16 autocast context (or a disabled one)."""
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def sampler(G, schedule, n, size, nz, device, autocast, mode):

@@ -50,7 +50,7 @@ def bench(preset, device, amp, variant, batch, warmup, steps, threads):
     opt_G = torch.optim.Adam(G.parameters(), cfg.lr_G, betas=train_images.ADAM_BETAS)
     opt_D = torch.optim.Adam(D.parameters(), cfg.lr_D, betas=train_images.ADAM_BETAS)
     schedule = make_schedule(cfg.schedule, cfg.K, cfg.discretisation).to(device)
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)   # noqa: E731
+    autocast = train_images.bf16_autocast(device, amp)
     x0 = (torch.rand(batch, channels, size, size, device=device) * 2 - 1).to(memory_format=fmt)
     G_train = torch.compile(G) if compile else G
     if mmse:

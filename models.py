@@ -531,6 +531,12 @@ def convert_authors_discriminator(D, state_dict):
 CKPT_FORMAT = 'rgm-v1'
 
 
+@torch.no_grad()
+def ema_update(ema_params, params, decay):
+    """The EMA of a generator's weights, every tensor at once: p_ema <- decay p_ema + (1 - decay) p."""
+    torch._foreach_lerp_(list(ema_params), list(params), 1 - decay)
+
+
 def save_checkpoint(ckpt, path):
     """Write atomically: a temporary file in the same folder, then a rename, so a crash never
     leaves a half-written checkpoint under `path`."""

@@ -188,9 +188,7 @@ def train(method, dataset='8gaussians', K=4, iters=None, batch_size=None, lam=No
         loss.backward()
         opt.step()
         lr_factor.step()
-        with torch.no_grad():
-            for p_ema, p in zip(G_ema.parameters(), G.parameters()):
-                p_ema.lerp_(p, 1 - ema_decay)
+        models.ema_update(G_ema.parameters(), G.parameters(), ema_decay)
     return G_ema.eval(), schedule
 
 

@@ -344,12 +344,6 @@ def bf16_autocast(device, enabled):
     return functools.partial(torch.autocast, torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
 
 
-@torch.no_grad()
-def ema_update(ema_params, params, decay):
-    """The EMA of the generator's weights: p_ema <- decay p_ema + (1 - decay) p, for every tensor at once."""
-    torch._foreach_lerp_(ema_params, params, 1 - decay)
-
-
 def mmse_step(G, opt_G, x0, schedule, autocast=contextlib.nullcontext):
     """The MMSE baseline that RGM replaces (paper Section 3, a diffusion model's restorer with K large
     steps): G(x_{k+1}, k) without z, trained on ||G(x_{k+1}, k) - x0||^2 for k uniform in 0..K-1, whose
@@ -636,7 +630,7 @@ def train(args, rank, world_size, device):
                                    nz, args.posterior, shared=shared, autocast=autocast)
                 sched_D.step()
             sched_G.step()
-            ema_update(ema_params, params, args.ema_decay)
+            models.ema_update(ema_params, params, args.ema_decay)
             step += 1
             terms = torch.stack([terms[name] for name in names]).float()
             sums += terms

@@ -56,7 +56,7 @@ def bench(preset, device, amp, variant, batch, warmup, steps, threads):
     if mmse:
         def step(i):
             train_images.mmse_step(G_train, opt_G, x0, schedule, autocast=autocast)
-            train_images.ema_update(G_ema, list(G.parameters()), cfg.ema_decay)
+            models.ema_update(G_ema, list(G.parameters()), cfg.ema_decay)
     else:
         gan = losses.KLD(cfg.r1_gamma, cfg.lazy_reg)
         prior = train_images.make_prior(cfg.prior, gan, D.conv_out.out_channels * 16, device, cfg.mmd_bandwidths,
@@ -68,7 +68,7 @@ def bench(preset, device, amp, variant, batch, warmup, steps, threads):
         def step(i):
             train_images.train_step(G_train, critic, opt_G, opt_D, x0, schedule, gan, prior, i, cfg.lam, G.nz,
                                     cfg.posterior, shared=shared, autocast=autocast)
-            train_images.ema_update(G_ema, list(G.parameters()), cfg.ema_decay)
+            models.ema_update(G_ema, list(G.parameters()), cfg.ema_decay)
 
     for i in range(1, warmup + 1):          # start at step 1: R1 (step 0) is timed in its turn below
         step(i)

@@ -63,9 +63,9 @@ def test_generator_step_draws_its_own_level():
 
 def test_ema_keeps_decay_of_the_old_weights():
     ema, new = [torch.zeros(3), torch.ones(2)], [torch.full((3,), 2.0), torch.full((2,), 3.0)]
-    ti.ema_update(ema, new, 0.5)
+    models.ema_update(ema, new, 0.5)
     assert torch.equal(ema[0], torch.full((3,), 1.0)) and torch.equal(ema[1], torch.full((2,), 2.0))
-    ti.ema_update(ema, new, 0.9)                            # 0.9 old + 0.1 new
+    models.ema_update(ema, new, 0.9)                            # 0.9 old + 0.1 new
     assert torch.allclose(ema[0], torch.full((3,), 0.9 * 1 + 0.1 * 2))
 
 

@@ -1,6 +1,12 @@
-"""Fashion-MNIST from its four original IDX files, padded to 32 x 32 and scaled to [-1, 1].
+"""Every data set of the project, as images in [-1, 1], and the one reader of image files.
 
-The files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-...) are looked for, in
+    build_dataset       a training set by name: cifar10, celeba_hq / folder (image files), lsun_church,
+                        fashion_mnist, fake
+    load_images         the first n images of a data set's split, or image files, for plug-and-play
+    list_images         the image files under a folder: one list of extensions, recursive, each file once
+    open_image          one image file as an 8-bit PIL image
+
+Fashion-MNIST comes from its four original IDX files, padded to 32 x 32. The files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-...) are looked for, in
 this order, in --data-dir, in --data-dir/FashionMNIST/raw (where torchvision downloads them) and
 in /usr/share/datasets/fashion-mnist (Debian/Ubuntu: `apt-get install dataset-fashion-mnist`),
 gzipped or not. When none is found and a download is allowed, torchvision fetches them into
@@ -9,22 +15,16 @@ gzipped or not. When none is found and a download is allowed, torchvision fetche
 IDX format (LeCun's MNIST page): a big-endian header, then the raw bytes. Images: magic 2051,
 then the count, rows and columns as uint32, then count * rows * cols uint8 pixels in row-major
 order. Labels: magic 2049, the count, then one uint8 per label.
-
-Also the file handling every script shares: images read from disk in 8 bits (16-bit PNGs scaled, not
-clipped), the one rule for an output folder (`prepare_out`), JSON that standard parsers read, and the
-argparse types that refuse zero and negative counts before any work.
 """
-import argparse
-import glob
 import gzip
-import json
-import math
 import os
-import shutil
+import urllib.error
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
+from torchvision import transforms
 
 FASHION_SYSTEM_DIR = '/usr/share/datasets/fashion-mnist'
 FASHION_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
@@ -55,7 +55,8 @@ def read_idx(path):
 
 
 def find_fashion_files(data_dir, train):
-    """(images path, labels path) of a split, or None when no folder holds both."""
+    """(images path, labels path) of a split, or None when no folder holds either; a folder holding one
+    of the two is an error (training on another folder's copy would go unnoticed)."""
     split = _SPLITS[train]
     for folder in (data_dir, os.path.join(data_dir, 'FashionMNIST', 'raw'), FASHION_SYSTEM_DIR):
         found = []
@@ -64,6 +65,11 @@ def find_fashion_files(data_dir, train):
             found.append(next((p for p in names if os.path.isfile(p)), None))
         if all(found):
             return tuple(found)
+        if any(found):      # half a split: refuse rather than fall back to another folder's copy
+            have, lack = (found[0], 'labels') if found[0] else (found[1], 'images')
+            raise FileNotFoundError(f'{folder!r} holds {os.path.basename(have)} but not the {split} {lack} file '
+                                    f'({split}-{lack}-idx{1 if lack == "labels" else 3}-ubyte[.gz]): add it, or '
+                                    'give a --data-dir that holds both')
     return None
 
 
@@ -74,7 +80,6 @@ class FashionMNIST(torch.utils.data.Dataset):
     def __init__(self, data_dir='data', train=True, download=True):
         files = find_fashion_files(data_dir, train)
         if files is None and download:
-            import torchvision
             torchvision.datasets.FashionMNIST(data_dir, train=train, download=True)
             files = find_fashion_files(data_dir, train)
         if files is None:
@@ -105,7 +110,9 @@ class FashionMNIST(torch.utils.data.Dataset):
 
 
 # ----------------------------------------------------------------------------
-# Image files: one reader for training folders and for pnp.py's inputs.
+# Image files: one list of extensions and one reader, for training folders and for pnp.py's inputs.
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp')
 
 GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'I;16L', 'I;16B', 'I;16N')
 
@@ -143,72 +150,110 @@ def check_images(files, progress=True):
     return bad
 
 
-# ----------------------------------------------------------------------------
-# Output folders and files.
-
-def prepare_out(out, owned, overwrite, what='output', remove=True):
-    """The rule for every script's --out: a missing or empty folder is used as is. A folder that already
-    holds files is refused (before any work, nothing written) unless `overwrite`; then the entries this
-    script writes (`owned`: names or glob patterns) are removed, so no file of the earlier run is left
-    beside the new ones; files the script does not write are kept. Call after the arguments are checked."""
-    if not os.path.isdir(out):
-        if os.path.exists(out):
-            raise NotADirectoryError(f'--out {out!r} is a file, not a folder')
-        return
-    if not os.listdir(out):
-        return
-    if not overwrite:
-        raise FileExistsError(f'--out {out!r} already holds files (an earlier {what}?): pass --overwrite to '
-                              'replace that run\'s outputs, or choose another --out')
-    for pattern in owned if remove else ():
-        for path in glob.glob(os.path.join(glob.escape(out), pattern)):
-            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
-
-
-def finite_or_none(obj):
-    """obj with every non-finite float (a PSNR of identical images, a NaN) replaced by None."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_or_none(v) for v in obj]
-    return obj
+def list_images(root):
+    """The image files under a folder and its subfolders (IMAGE_EXTENSIONS, any case), sorted. Folders
+    reached through symbolic links are followed once: a link back to a folder already walked (a loop)
+    and a second path to the same file are skipped, so every file counts once."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f'{root!r} is not a folder of images')
+    files, seen_dirs, seen_files = [], set(), set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen_dirs:
+            subfolders[:] = []
+            continue
+        seen_dirs.add(real)
+        subfolders.sort()
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.realpath(path) not in seen_files:
+                seen_files.add(os.path.realpath(path))
+                files.append(path)
+    return sorted(files)
 
 
-def write_json(path, obj):
-    """JSON that standard parsers read: non-finite floats become null (never NaN or Infinity)."""
-    with open(path, 'w') as f:
-        json.dump(finite_or_none(obj), f, indent=2, allow_nan=False)
-        f.write('\n')
+def to_model(im):
+    """8-bit PIL image (L or RGB) -> (C, H, W) in [-1, 1]."""
+    im = im.convert('L' if im.mode in GRAY_MODES else 'RGB')
+    return torchvision.transforms.functional.pil_to_tensor(im).float() / 127.5 - 1
 
 
 # ----------------------------------------------------------------------------
-# argparse types: counts and scales that cannot be zero or negative fail at parsing.
+# Training sets: images in [-1, 1] (the random horizontal flip happens on the device, in the trainer).
 
-def positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f'must be a positive integer, got {text}')
-    return value
+DATASETS = ('cifar10', 'celeba_hq', 'lsun_church', 'folder', 'fake', 'fashion_mnist')
 
 
-def nonnegative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'must be 0 or more, got {text}')
-    return value
+class ImageFiles(torch.utils.data.Dataset):
+    """Every image under a folder (list_images), as (image, 0) like torchvision's data sets. A file that
+    cannot be decoded stops the run naming it (the trainer can check them all first: --check-images)."""
+
+    def __init__(self, root, transform):
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f'--data-dir {root!r} does not exist: give the folder of training images')
+        self.files = list_images(root)
+        if not self.files:
+            raise FileNotFoundError(f'--data-dir {root!r} holds no images ({", ".join(IMAGE_EXTENSIONS)})')
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        return self.transform(open_image(self.files[i], 'RGB')), 0
 
 
-def positive_float(text):
-    value = float(text)
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f'must be a positive number, got {text}')
-    return value
+def cifar10(data_dir, train=True, transform=None, download=True):
+    """torchvision's CIFAR-10 split, downloaded into data_dir when absent; offline, says what to fetch."""
+    try:
+        return torchvision.datasets.CIFAR10(data_dir, train=train, transform=transform, download=download)
+    except (urllib.error.URLError, OSError) as e:
+        raise RuntimeError(f'CIFAR-10 is not in --data-dir {data_dir!r} and cannot be downloaded ({e}): put '
+                           f'cifar-10-python.tar.gz (from https://www.cs.toronto.edu/~kriz/) into {data_dir!r} '
+                           'and run again') from e
 
 
-def nonnegative_float(text):
-    value = float(text)
-    if not value >= 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f'must be 0 or more, got {text}')
-    return value
+def build_dataset(name, data_dir, image_size, fake_size=64, download=True):
+    """The training set; resize and center crop to image_size (a no-op for CIFAR-10 at 32).
+    Fashion-MNIST is one-channel and padded to 32 x 32."""
+    if name == 'fashion_mnist':
+        if image_size != 32:
+            raise ValueError(f'fashion_mnist is 32 x 32 (28 x 28 padded), not --image-size {image_size}')
+        return FashionMNIST(data_dir, train=True, download=download)
+    tf = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size),
+                             transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
+    if name == 'cifar10':
+        return cifar10(data_dir, train=True, transform=tf, download=download)
+    if name in ('celeba_hq', 'folder'):
+        return ImageFiles(data_dir, tf)
+    if name == 'lsun_church':
+        if not os.path.isdir(os.path.join(data_dir, 'church_outdoor_train_lmdb')):
+            raise FileNotFoundError(f'--data-dir {data_dir!r} has no church_outdoor_train_lmdb folder (LSUN)')
+        lsun = torchvision.datasets.LSUN(data_dir, classes=['church_outdoor_train'], transform=tf)
+        return torch.utils.data.Subset(lsun, range(min(len(lsun), 120_000)))     # the authors' first 120k
+    if name == 'fake':
+        return torchvision.datasets.FakeData(fake_size, (3, image_size, image_size), num_classes=1, transform=tf)
+    raise ValueError(f'unknown data set {name!r}: choose one of {DATASETS}')
+
+
+# ----------------------------------------------------------------------------
+# Images to restore (pnp.py): a split of a data set, or image files.
+
+def load_images(dataset=None, data_dir='data', split='test', n=None, files=None):
+    """[(name, image (C, H, W) in [-1, 1])]: the first n images of `dataset`'s split ('cifar10',
+    'fashion_mnist', downloaded into data_dir when absent), or the given image files. Results are
+    named by the file stem, so two files with one stem are refused."""
+    train = split == 'train'
+    if dataset == 'cifar10':
+        images = cifar10(data_dir, train=train)
+        return [(f'cifar10_{split}_{i:05d}', to_model(images[i][0])) for i in range(min(n or len(images), len(images)))]
+    if dataset == 'fashion_mnist':     # padded to 32 x 32 as in training
+        images = FashionMNIST(data_dir, train=train, download=True).tensors(n)[0]
+        return [(f'fashion_mnist_{split}_{i:05d}', image) for i, image in enumerate(images)]
+    if dataset is not None:
+        raise ValueError(f'unknown data set {dataset!r} for restoration: cifar10 or fashion_mnist')
+    stems = [os.path.splitext(os.path.basename(path))[0] for path in files]
+    clash = sorted({str(p) for p, stem in zip(files, stems) if stems.count(stem) > 1})
+    if clash:       # results are named by the stem: two inputs x.png would write one restored/x.png
+        raise ValueError(f'inputs with the same file name would overwrite each other\'s results: {", ".join(clash)}')
+    return [(stem, to_model(open_image(path))) for stem, path in zip(stems, files)]

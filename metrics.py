@@ -1,5 +1,8 @@
-"""Sample quality on Fashion-MNIST without any download: a Frechet distance in the features of a small
-classifier trained once on the training split, and the share of samples in each class.
+"""Every sample-quality metric of the project, and `Scores`, which sample.py reports.
+
+    FID, IS             Inception features through torch-fidelity (TF-Inception weights, as papers report)
+    fashion_scores      Fashion-MNIST without any download: a Frechet distance in the features of a small
+                        classifier trained once on the training split, and the share of samples per class
 
     FD = ||mu_1 - mu_2||^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2})
 
@@ -13,17 +16,180 @@ poor fit for 28 x 28 gray clothes and need a download; this classifier needs nei
                                # and the distance of blurred real images, for scale
 """
 import argparse
+import hashlib
 import os
+import re
+import urllib.error
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch_fidelity
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 from tqdm import tqdm
 
 import data
 import models
+
+
+# ----------------------------------------------------------------------------
+# FID and Inception Score through torch-fidelity (TF-Inception weights, as the papers report).
+
+def inception_weights(path=None):
+    """Path of the Inception weights torch-fidelity uses: `path` if given, else torch hub's copy,
+    downloaded there when absent. Offline, says which file to fetch and where to put it."""
+    hub = Path(torch.hub.get_dir()) / 'checkpoints' / os.path.basename(URL_INCEPTION_V3)
+    how = f'download {URL_INCEPTION_V3} and put it at {hub}, or pass --inception-weights PATH to that file'
+    if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'Inception weights {path!r} do not exist: {how}')
+        return str(path)
+    if not hub.is_file():
+        hub.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(URL_INCEPTION_V3, str(hub))
+        except urllib.error.URLError as e:
+            raise RuntimeError(f'the Inception weights are not on this machine and cannot be downloaded ({e}): {how}') from e
+    return str(hub)
+
+
+class Images(torch.utils.data.Dataset):
+    """uint8 images (N, C, H, W), as torch-fidelity reads them."""
+
+    def __init__(self, images):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f'expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}')
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i]
+
+
+def reference_input(reference, image_size, slot=2):
+    """torch-fidelity arguments for a reference set: 'cifar10' (its training set, as the paper),
+    a folder of images (resized and centre-cropped to image_size; statistics cached under a name
+    made from the folder, its file names and the size), or uint8 images (not cached)."""
+    if torch.is_tensor(reference):
+        return {f'input{slot}': Images(reference)}
+    if reference == 'cifar10':
+        if image_size != 32:
+            raise ValueError(f'the cifar10 reference holds 32x32 images, the samples are {image_size}x{image_size}')
+        return {f'input{slot}': 'cifar10-train'}
+    folder = Path(reference)
+    files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in ('.png', '.jpg', '.jpeg')) \
+        if folder.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f'reference {reference!r} is neither cifar10 nor a folder of .png/.jpg images')
+    key = hashlib.sha1('\n'.join([str(folder.resolve()), str(image_size), *files]).encode()).hexdigest()[:12]
+    name = re.sub(r'[^A-Za-z0-9_.-]', '_', f'folder-{folder.name}-{image_size}px-{key}')
+    return {f'input{slot}': str(folder), f'input{slot}_cache_name': name, 'samples_resize_and_crop': image_size}
+
+
+def _fidelity(**kwargs):
+    """torch_fidelity.calculate_metrics with our defaults, results under short names."""
+    kwargs = {'save_cpu_ram': True, 'verbose': False, **kwargs}
+    try:
+        m = torch_fidelity.calculate_metrics(**kwargs)
+    except urllib.error.URLError as e:      # a registered data set that is absent and cannot be downloaded
+        root = kwargs.get('datasets_root') or os.path.join(torch.hub.get_dir(), '..', 'fidelity_datasets')
+        raise RuntimeError(f'the reference data set is not on this machine and cannot be downloaded ({e}); '
+                           f'for CIFAR-10 put cifar-10-python.tar.gz into {os.path.normpath(root)} '
+                           '(or pass --data-dir)') from e
+    names = {'fid': torch_fidelity.KEY_METRIC_FID, 'is_mean': torch_fidelity.KEY_METRIC_ISC_MEAN,
+             'is_std': torch_fidelity.KEY_METRIC_ISC_STD}
+    return {name: m[key] for name, key in names.items() if key in m}
+
+
+def fidelity_metrics(images, reference=None, isc=False, device='cpu', **kwargs):
+    """FID against `reference` (see reference_input; None: no FID) and/or the Inception Score
+    (isc=True) of uint8 images (N, 3, H, W). Returns {'fid', 'is_mean', 'is_std'}, those computed.
+    kwargs go to torch-fidelity: feature_extractor, feature_extractor_weights_path, batch_size,
+    cache_root, datasets_root, isc_splits, verbose."""
+    if isc and len(images) < kwargs.get('isc_splits', 10):
+        raise ValueError(f"the Inception Score averages over {kwargs.get('isc_splits', 10)} splits: "
+                         f'it needs at least that many samples, got {len(images)}')
+    if reference is not None:
+        kwargs.update(reference_input(reference, images.shape[-1]))
+    return _fidelity(input1=Images(images), isc=isc, fid=reference is not None,
+                     cuda=torch.device(device).type == 'cuda', **kwargs)
+
+
+def cache_reference(reference, image_size, device='cpu', **kwargs):
+    """Compute and cache the reference's features and statistics once, before sampling (so a missing
+    data set fails early); returns the reference's own Inception Score."""
+    kwargs.update(reference_input(reference, image_size, slot=1))
+    kwargs.update(reference_input(reference, image_size, slot=2))
+    return _fidelity(isc=True, fid=True, cuda=torch.device(device).type == 'cuda', **kwargs)['is_mean']
+
+
+# ----------------------------------------------------------------------------
+# What sample.py reports: set up before sampling (so that a missing data set or weight file fails
+# before the work), computed on the samples after.
+
+class Scores:
+    """FID / IS (RGB models, --fid / --is) and, for Fashion-MNIST models, the classifier distance and
+    class shares. `prepare()` returns what it learnt of the reference (its IS, the classifier's
+    accuracy); calling the object on uint8 samples returns the scores; both as summary entries."""
+
+    def __init__(self, meta, n, fid=False, isc=False, reference=None, fashion=True, classifier=None,
+                 data_dir=None, inception=None, fid_cache=None, batch_size=250, device='cpu'):
+        self.meta, self.n, self.fid, self.isc, self.device = meta, n, fid, isc, device
+        self.reference = reference or (meta.get('dataset') if meta.get('dataset') == 'cifar10' else None)
+        self.fashion = fashion and meta.get('dataset') == 'fashion_mnist'
+        self.classifier_path = classifier or DEFAULT_CLASSIFIER
+        self.data_dir, self.inception, self.fid_cache, self.batch_size = data_dir, inception, fid_cache, batch_size
+        if (fid or isc) and meta['channels'] != 3:
+            raise ValueError(f"FID and IS need RGB images; this model makes {meta['channels']}-channel images")
+        if fid and self.reference is None:
+            raise ValueError('--fid needs --reference: cifar10 (the training set) or a folder of images')
+        if isc and n < 10:
+            raise ValueError(f'the Inception Score averages over 10 splits: --n must be at least 10, got {n}')
+
+    def prepare(self):
+        out, self.fidelity_kwargs = {}, {}
+        if self.fid or self.isc:
+            self.fidelity_kwargs = dict(feature_extractor_weights_path=inception_weights(self.inception),
+                                        cache_root=self.fid_cache, datasets_root=self.data_dir, verbose=True,
+                                        device=self.device, batch_size=self.batch_size)
+        if self.fid:
+            out.update(reference=str(self.reference), reference_is=cache_reference(
+                self.reference, self.meta['image_size'], **self.fidelity_kwargs))
+            print(f"reference {self.reference}: statistics cached, its IS {out['reference_is']:.2f}")
+        if self.fashion:      # the classifier (trained and cached on first use) and the real images
+            data_dir = self.data_dir or 'data'
+            self.net, accuracy, trained = get_classifier(self.classifier_path, data_dir)
+            print(f'Fashion-MNIST classifier {self.classifier_path} ({"trained now" if trained else "cached"}): '
+                  f'test accuracy {accuracy:.4f}')
+            self.test = data.FashionMNIST(data_dir, train=False).images
+            self.floor_train = data.FashionMNIST(data_dir, train=True).images[:len(self.test)]
+            out.update(classifier_test_accuracy=accuracy)
+            if self.n < 1000:
+                print(f'note: a Frechet distance on {self.n} samples is biased upwards; compare runs at the same '
+                      '--n (docs/fashion_mnist.md uses 10,000)')
+        return out
+
+    def __call__(self, images):
+        out = {}
+        if self.fid or self.isc:
+            out.update(fidelity_metrics(images, self.reference if self.fid else None, isc=self.isc,
+                                        **self.fidelity_kwargs))
+        if self.fashion:
+            scores = fashion_scores(self.net, images, self.test, self.floor_train, progress=True)
+            out.update(scores)
+            print(f"FD {scores['fd']:.3f} against {len(self.test)} test images (floor: {len(self.floor_train)} "
+                  f"training images score {scores['fd_floor']:.3f}); class shares {scores['min_class_share']:.3f} "
+                  f"to {scores['max_class_share']:.3f}: " + ' '.join(f'{v:.3f}' for v in scores['class_shares'].values()))
+        return out
+
+
+# ----------------------------------------------------------------------------
+# Fashion-MNIST: a Frechet distance in a small classifier's features, and the class shares.
 
 CLASSIFIER_FORMAT = 'rgm-fashion-classifier-v1'
 DEFAULT_CLASSIFIER = os.path.join(torch.hub.get_dir(), 'checkpoints', 'rgm_fashion_classifier.pt')
@@ -159,6 +325,19 @@ def fashion_scores(net, samples, reference, floor_train=None, progress=False):
     return out
 
 
+def reference_scores(classifier=DEFAULT_CLASSIFIER, data_dir='data', n=10_000, progress=True):
+    """What real images score, for scale: {'floor': n training images against n test images, 'blur3',
+    'blur5': the same training images through a 3x3 / 5x5 box filter}, each as fashion_scores returns."""
+    net, _, _ = get_classifier(classifier, data_dir, progress=progress)
+    test = data.FashionMNIST(data_dir, train=False).images[:n]
+    train = data.FashionMNIST(data_dir, train=True).images[:n]
+    out = dict(floor=fashion_scores(net, train, test))
+    for size in (3, 5):
+        blurred = F.avg_pool2d(as_float(train), size, stride=1, padding=size // 2, count_include_pad=False)
+        out[f'blur{size}'] = fashion_scores(net, blurred, test)
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--classifier', default=DEFAULT_CLASSIFIER, help='cached classifier (trained there if absent)')
@@ -169,14 +348,10 @@ def main():
         p.error(f'--n must be at least 2, got {args.n}')
     net, accuracy, trained = get_classifier(args.classifier, args.data_dir)
     print(f'classifier {args.classifier} ({"trained now" if trained else "cached"}): test accuracy {accuracy:.4f}')
-    test = data.FashionMNIST(args.data_dir, train=False).images[:args.n]
-    train = data.FashionMNIST(args.data_dir, train=True).images[:args.n]
-    f_test = run_classifier(net, test)[0]
-    floor = frechet_distance(run_classifier(net, train)[0], f_test)
-    print(f'floor: FD between {args.n} training and {args.n} test images = {floor:.3f}')
+    scores = reference_scores(args.classifier, args.data_dir, args.n)
+    print(f"floor: FD between {args.n} training and {args.n} test images = {scores['floor']['fd']:.3f}")
     for size in (3, 5):             # what blur costs: training images through a size x size box filter
-        blurred = F.avg_pool2d(as_float(train), size, stride=1, padding=size // 2, count_include_pad=False)
-        print(f'training images blurred by a {size}x{size} box filter: FD {frechet_distance(run_classifier(net, blurred)[0], f_test):.3f}')
+        print(f"training images blurred by a {size}x{size} box filter: FD {scores[f'blur{size}']['fd']:.3f}")
 
 
 if __name__ == '__main__':

@@ -347,7 +347,7 @@ class Discriminator(nn.Module):
     def __init__(self,
         image_size          = 32,               # Resolution of the input images.
         in_channels         = 3,                # Channels of x_k.
-        channels            = 64,               # Base width (the authors' ngf); the input conv gives 2 channels.
+        channels            = 64,               # Base width (the authors' ngf); the input conv gives 2 x channels.
         ch_mult             = (2, 4, 8, 8),     # Output width of each block, in units of `channels`.
         emb_dim             = 256,              # Width of the k embedding (the authors' t_emb_dim).
         group_size          = 4,                # Minibatch-std group size (a divisor of the batch, see minibatch_std).
@@ -568,8 +568,10 @@ def load_checkpoint(path, map_location='cpu'):
         raise RuntimeError(f'{path!r} is not a readable checkpoint ({type(e).__name__}: {e}): the file is '
                            'truncated (a copy or save cut short) or is not a PyTorch checkpoint') from e
     if not isinstance(ckpt, dict) or ckpt.get('format') != CKPT_FORMAT:
-        raise ValueError(f'{path!r} is not an rgm checkpoint (format {CKPT_FORMAT!r}); for the authors\' '
-                         'released generators use convert_authors_generator')
+        hint = (' It looks like the authors\' generator file: pass --authors-config with its configuration '
+                f'({", ".join(sorted(CONFIGS))}) to sample.py or pnp.py.' if isinstance(ckpt, dict) and
+                any(k.startswith(('module.', 'conv_map', 'all_modules')) or k == 'netG_dict' for k in ckpt) else '')
+        raise ValueError(f'{path!r} is not an rgm checkpoint (format {CKPT_FORMAT!r}).{hint}')
     return ckpt
 
 
@@ -581,11 +583,34 @@ def load_generator(path, device='cpu', ema=True):
         raise KeyError(f'{path!r} holds no {"EMA " if ema else ""}generator weights ({key!r}); '
                        + ('use the raw weights (--no-ema in sample.py and pnp.py)' if ema else 'use ema=True'))
     G = NCSNpp(**ckpt['G_kwargs'])
+    state = {name: v.float() if v.is_floating_point() else v for name, v in ckpt[key].items()}    # fp16 exports
+    check_finite(state, f'{path!r} ({key})')
     try:
-        G.load_state_dict(ckpt[key])
+        G.load_state_dict(state)
     except RuntimeError as e:
         raise RuntimeError(f'{path!r}: weights do not fit the stored configuration: {e}') from e
     return G.to(device).eval().requires_grad_(False), dict(ckpt['meta'])
+
+
+def check_finite(state, where):
+    """Refuse a state dict with a NaN or inf weight, naming the first such tensor: a generator with
+    one would write black images and normal-looking scores."""
+    for name, v in state.items():
+        if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all():
+            bad = (~torch.isfinite(v)).sum().item()
+            raise ValueError(f'{where} holds non-finite weights: {name} has {bad} NaN/inf value(s) of '
+                             f'{v.numel()}; the training that wrote it diverged (use an earlier checkpoint)')
+
+
+def export_generator(ckpt, path, half=True):
+    """Write what sampling and plug-and-play need of a training checkpoint (a dict as load_checkpoint
+    returns): the EMA generator (fp16 storage when `half`, restored to fp32 by load_generator), its
+    constructor arguments, meta and the step; no raw G, no discriminator, no optimiser state.
+    Written atomically like every checkpoint; loads with load_generator."""
+    check_finite(ckpt['G_ema'], 'the checkpoint\'s EMA generator')
+    weights = {name: v.half() if half and v.is_floating_point() else v for name, v in ckpt['G_ema'].items()}
+    save_checkpoint(dict(format=CKPT_FORMAT, G_kwargs=ckpt['G_kwargs'], D_kwargs=None, meta=ckpt['meta'],
+                         G_ema=weights, step=ckpt.get('step'), exported='fp16' if half else 'fp32'), path)
 
 
 def load_authors_generator(path, config, device='cpu', schedule='d', K=4, discretisation='original'):
@@ -606,7 +631,9 @@ def load_authors_generator(path, config, device='cpu', schedule='d', K=4, discre
     if state.get('format') == CKPT_FORMAT:
         raise ValueError(f'{path!r} is one of our checkpoints, not an authors\' file: load it without a configuration')
     G = NCSNpp(**CONFIGS[config]['G'])
-    G.load_state_dict(convert_authors_generator(G, state.get('netG_dict', state)))
+    converted = convert_authors_generator(G, state.get('netG_dict', state))
+    check_finite(converted, repr(path))
+    G.load_state_dict(converted)
     meta = dict(schedule=schedule, K=K, discretisation=discretisation, posterior=False, nz=G.nz,
                 image_size=CONFIGS[config]['G']['image_size'], channels=CONFIGS[config]['G'].get('in_channels', 3))
     return G.to(device).eval().requires_grad_(False), meta
@@ -630,61 +657,3 @@ def to_uint8(x):
     """Images in [-1, 1] -> uint8 in 0..255, rounded as torchvision's save_image rounds, so PNG
     files, npz arrays and the images scored by FID hold the same values."""
     return ((x + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8)
-
-
-# ----------------------------------------------------------------------------
-# `python models.py`: parameter counts and CPU/GPU timings of the named configurations.
-
-def _time(fn, reps):
-    """Median milliseconds per call of fn, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(reps):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return sorted(times)[len(times) // 2]
-
-
-def main(args):
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    print(f'device {torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}, '
-          f'{torch.get_num_threads()} threads, torch {torch.__version__}, float32, median of {args.reps}\n')
-    print('| config | G params | D params | batch | G fwd (ms) | G fwd+bwd (ms) | D fwd (ms) | D fwd+bwd (ms) |')
-    print('|---|---|---|---|---|---|---|---|')
-    batches = args.batch * len(args.configs) if len(args.batch) == 1 else args.batch
-    for name, batch in zip(args.configs, batches):
-        torch.manual_seed(0)
-        G, D = (net.to(device) for net in build_networks(name))
-        res, nz = CONFIGS[name]['G']['image_size'], CONFIGS[name]['G']['nz']
-        x, z = torch.randn(batch, 3, res, res, device=device), torch.randn(batch, nz, device=device)
-        k = torch.randint(0, 4, (batch,), device=device)
-
-        def g_fwd():
-            with torch.no_grad():
-                G(x, k, z)
-
-        def d_fwd():
-            with torch.no_grad():
-                D(x, k)
-
-        times = [_time(g_fwd, args.reps), _time(lambda: G(x, k, z).square().mean().backward(), args.reps),
-                 _time(d_fwd, args.reps), _time(lambda: D(x, k)[0].mean().backward(), args.reps)]
-        count = lambda net: f'{sum(p.numel() for p in net.parameters()) / 1e6:.2f}M'
-        print(f'| {name} | {count(G)} | {count(D)} | {batch} | ' + ' | '.join(f'{t:.0f}' for t in times) + ' |')
-
-
-if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description='Parameter counts and timings of the image networks.')
-    parser.add_argument('--configs', nargs='+', default=['tiny', 'cifar10'], choices=sorted(CONFIGS))
-    parser.add_argument('--batch', nargs='+', type=int, default=[8], help='batch size (one, or one per config)')
-    parser.add_argument('--reps', type=int, default=3, help='timed repetitions (median) after one warm-up')
-    parser.add_argument('--threads', type=int, default=1,
-                        help='CPU threads; 1 gives steady numbers on a shared machine, 0 keeps torch\'s default')
-    main(parser.parse_args())

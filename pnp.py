@@ -1,4 +1,5 @@
-"""Plug-and-play restoration with a trained RGM generator (Section 4.4, Appendix B.4, Algorithm 4).
+"""Plug-and-play restoration with a trained RGM generator (Section 4.4, Appendix B.4, Algorithm 4), and the
+search for its settings on training images (--tune).
 
 An observation y = H x + n, n ~ N(0, sigma_y^2 I), is restored by Douglas-Rachford splitting
 (DRS) between the data term f(x) = 1/2 ||H x - y||^2 and the generator used as a denoiser.
@@ -8,20 +9,21 @@ H is applied through its SVD H = U diag(s) V^T, never as a dense matrix (DDRM, K
     python pnp.py --task sr4 --ckpt ckpt.pt --dataset cifar10 --data-dir data --n 100 --out out/sr4
     python pnp.py --task denoise --sigma-y 25 --ckpt runs/fashion_kld/checkpoints/ckpt_00004000.pt \
         --dataset fashion_mnist --n 100 --out out/fashion_denoise
+    python pnp.py --tune --ckpt runs/fashion_kld/checkpoints/ckpt_00004000.pt --dataset fashion_mnist --n 100
 """
 import argparse
 import csv
+import itertools
 import math
 import time
-import urllib.error
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchvision
 
-import data as datasets
-import models
+import cli
+import data
 import schedules
 
 
@@ -325,45 +327,20 @@ def ssim(x, ref, K1=0.01, K2=0.03, data_range=1.0):
 # ----------------------------------------------------------------------------
 # Command line: load the generator and the images, degrade, restore, score.
 
-def load_model(ckpt, authors_config=None, schedule=None, K=None, discretisation=None, device='cpu', ema=True):
-    """(G, meta), EMA weights unless ema=False: see models.open_generator."""
-    return models.open_generator(ckpt, device, ema, authors_config, schedule, K, discretisation)
-
-
-def pil_to_model(im):
-    """8-bit PIL image (L or RGB, as datasets.open_image gives) -> (C, H, W) in [-1, 1]."""
-    im = im.convert('L' if im.mode in datasets.GRAY_MODES else 'RGB')
-    return torchvision.transforms.functional.pil_to_tensor(im).float() / 127.5 - 1
-
-
 OUTPUTS = ('restored', 'grid_*.png', 'metrics.csv', 'summary.json')        # what a run writes in --out
 
 
 def load_inputs(args):
-    """[(name, image (C, H, W) in [-1, 1])] from the chosen source, first args.n."""
-    train = args.split == 'train'
-    if args.dataset == 'cifar10':
-        try:
-            data = torchvision.datasets.CIFAR10(args.data_dir, train=train, download=True)
-        except (urllib.error.URLError, OSError) as e:
-            raise RuntimeError(f'CIFAR-10 is not in --data-dir {args.data_dir!r} and cannot be downloaded ({e}): '
-                               'put cifar-10-python.tar.gz (from https://www.cs.toronto.edu/~kriz/) there') from e
-        return [(f'cifar10_{args.split}_{i:05d}', pil_to_model(data[i][0])) for i in range(min(args.n, len(data)))]
-    if args.dataset == 'fashion_mnist':     # padded to 32 x 32 as in training (data.py)
-        images = datasets.FashionMNIST(args.data_dir, train=train, download=True).tensors(args.n)[0]
-        return [(f'fashion_mnist_{args.split}_{i:05d}', image) for i, image in enumerate(images)]
+    """[(name, image (C, H, W) in [-1, 1])] from the chosen source, first args.n (data.load_images)."""
+    if args.dataset:
+        return data.load_images(args.dataset, args.data_dir, args.split, args.n)
     if args.folder:
-        files = sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in ('.png', '.jpg', '.jpeg', '.bmp'))
+        files = data.list_images(args.folder)[:args.n]
         if not files:
-            raise FileNotFoundError(f'no .png/.jpg/.jpeg/.bmp images in {args.folder}')
-        files = files[:args.n]
+            raise FileNotFoundError(f'no images ({", ".join(data.IMAGE_EXTENSIONS)}) in {args.folder}')
     else:
-        files = [Path(p) for p in args.image or args.observed]
-    stems = [path.stem for path in files]
-    clash = sorted({str(p) for p, stem in zip(files, stems) if stems.count(stem) > 1})
-    if clash:       # results are named by the stem: two inputs x.png would write one restored/x.png
-        raise ValueError(f'inputs with the same file name would overwrite each other\'s results: {", ".join(clash)}')
-    return [(path.stem, pil_to_model(datasets.open_image(path))) for path in files]
+        files = args.image or args.observed
+    return data.load_images(files=files)
 
 
 def clean_shape(image, task, observed, C, S):
@@ -389,8 +366,37 @@ def clean_shape(image, task, observed, C, S):
     return x_shape
 
 
+TUNE_GRID = dict(M=[5, 10, 20], lam=[0.01, 0.1, 1.0, 5.0], alpha=[0.1, 0.2, 0.5])     # --tune's defaults
+TUNE_TASKS = ['denoise', 'sr2', 'sr4', 'inpaint']
+
+
 def check_args(args):
-    """Errors that need no file: before anything is loaded or written."""
+    """Errors that need no file: before anything is loaded or written. Fills the mode's defaults."""
+    if args.tune:
+        if not args.dataset:
+            raise ValueError('--tune chooses settings on a data set\'s training images: give --dataset')
+        if args.split not in (None, 'train'):
+            raise ValueError('--tune runs on the training split only, so that the test images play no part in the '
+                             'choice: drop --split test')
+        if args.observed or args.return_iterate != 'x':
+            raise ValueError('--tune restores clean training images it degrades itself, returning x')
+        args.split, args.task = 'train', args.task or TUNE_TASKS
+        args.sigma_y = 25.0 if args.sigma_y is None else args.sigma_y
+        if args.sigma_y <= 0 and 'denoise' in args.task:
+            raise ValueError('--task denoise needs noise to remove: give --sigma-y > 0 (default 25)')
+        for key, grid in TUNE_GRID.items():
+            setattr(args, key, getattr(args, key) or grid)
+        return
+    if not args.task or len(args.task) > 1:
+        raise ValueError('give one --task (several only with --tune)')
+    if args.out is None:
+        raise ValueError('--out is required (the folder for the restored images)')
+    for key in ('M', 'J', 'lam', 'alpha'):
+        values = getattr(args, key)
+        if values is not None and len(values) > 1:
+            raise ValueError(f'--{key} takes one value (a grid of values only with --tune)')
+        setattr(args, key, values and values[0])
+    args.task, args.split = args.task[0], args.split or 'test'
     if args.observed:           # restored as they are: no noise is added
         if args.sigma_y:
             raise ValueError('--sigma-y adds noise to clean images; --observed images are restored as they are')
@@ -404,9 +410,10 @@ def check_args(args):
 def main(args):
     check_args(args)
     torch.manual_seed(args.seed)
+    G, meta = cli.load_generator(args, args.device)
+    if args.tune:
+        return tune(args, G, meta)
     out = Path(args.out)
-    G, meta = load_model(args.ckpt, args.authors_config, args.schedule, args.K, args.discretisation, args.device,
-                         ema=not args.no_ema)
     if args.task == 'color' and meta['channels'] != 3:
         raise ValueError(f"colorization needs a colour model (3 channels); {args.ckpt} makes "
                          f"{meta['channels']}-channel images")
@@ -422,7 +429,7 @@ def main(args):
     op = make_operator(args.task, shapes.pop()).to(args.device)   # one shape: clean_shape checked each
     denoise = rgm_denoiser(G, schedule, meta['nz'], args.noise_scale)
     noise = torch.Generator().manual_seed(args.seed)
-    datasets.prepare_out(str(out), OUTPUTS, args.overwrite, 'pnp.py run')
+    cli.prepare_out(str(out), OUTPUTS, args.overwrite, 'pnp.py run')
     (out / 'restored').mkdir(parents=True, exist_ok=True)
     rows, seconds = [], 0.0
     for start in range(0, len(items), args.batch_size):
@@ -456,56 +463,130 @@ def main(args):
             mine = [r for r in rows if r['method'] == method]
             summary['mean'][method] = {k: sum(r[k] for r in mine) / len(mine) for k in ('psnr', 'ssim')}
             print(f"{method:8s} PSNR {summary['mean'][method]['psnr']:6.2f}  SSIM {summary['mean'][method]['ssim']:.4f}")
-    datasets.write_json(out / 'summary.json', summary)
+    cli.write_json(out / 'summary.json', summary)
     print(f'{len(items)} images, {summary["seconds_per_image"]:.3f} s/image; wrote {out}')
+
+
+# ----------------------------------------------------------------------------
+# --tune: choose M, lambda and alpha on *training* images, so that the test images play no part.
+
+def observe(task, images, sigma_y, seed=0):
+    """The task's operator and the observations y = H x + noise of `images` (B, C, H, W) in [-1, 1]:
+    one draw per task, shared by every setting and by the baselines."""
+    op = make_operator(task, images.shape[1:]).to(images.device)
+    return op, degrade(images, op, sigma_to_unit(sigma_y), torch.Generator().manual_seed(seed))
+
+
+def mean_scores(x, images):
+    """Mean PSNR and SSIM of restorations x against the clean images (both in [-1, 1])."""
+    x, truth = to_unit(x), to_unit(images)
+    return psnr(x, truth).mean().item(), ssim(x, truth).mean().item()
+
+
+def evaluate(G, meta, schedule, op, y, images, settings, seed=0):
+    """Mean PSNR and SSIM of RGM-DRS restoring y for one setting (J = 1)."""
+    denoise = rgm_denoiser(G, schedule, meta['nz'], generator=torch.Generator(images.device).manual_seed(seed))
+    return mean_scores(drs(y, op, denoise, J=1, **settings), images)
+
+
+def tune(args, G, meta):
+    """For each task, pnp.drs on the first --n training images over the grid --M x --lam x --alpha
+    (J = 1, as Table 6 for 32 px images): a table of mean PSNR per setting, best first, beside the
+    Table 6 setting and the baselines, then the flags of the best setting. Returns {task: the best
+    setting with its mean PSNR and SSIM}."""
+    schedule = schedules.schedule_of(meta, args.device)
+    images = torch.stack([image for _, image in data.load_images(args.dataset, args.data_dir, 'train', args.n)])
+    images = images.to(args.device)
+    if images.shape[1] != meta['channels']:
+        raise ValueError(f"{args.dataset} has {images.shape[1]}-channel images, {args.ckpt} makes "
+                         f"{meta['channels']}-channel ones")
+    grid = list(itertools.product(args.M, args.lam, args.alpha))
+    print(f'{args.ckpt}: {len(images)} training images of {args.dataset}, {len(grid)} settings per task')
+    best = {}
+    for task in args.task:
+        sigma_y = args.sigma_y if task == 'denoise' else 0.0
+        tic, rows = time.perf_counter(), []
+        op, y = observe(task, images, sigma_y, args.seed)
+        for M, lam, alpha in grid:
+            p, s = evaluate(G, meta, schedule, op, y, images, dict(M=M, lam=lam, alpha=alpha), args.seed)
+            rows.append((p, s, M, lam, alpha))
+        rows.sort(key=lambda row: row[0] if math.isfinite(row[0]) else -math.inf, reverse=True)   # NaN last
+        table6 = {k: v for k, v in paper_settings(task, meta['image_size'])[0].items() if k != 'J'}
+        paper = evaluate(G, meta, schedule, op, y, images, table6, args.seed)
+        others = ', '.join(f'{name} {mean_scores(x, images)[0]:.2f}' for name, x in baselines(y, op).items())
+        print(f'\n{task} (sigma_y {sigma_y}): {time.perf_counter() - tic:.0f} s; Table 6 setting {table6}: '
+              f'PSNR {paper[0]:.2f}; baselines: {others}\n')
+        print('| M | lambda | alpha | PSNR | SSIM |\n|---|---|---|---|---|')
+        for p, s, M, lam, alpha in rows[:args.show]:
+            print(f'| {M} | {lam:g} | {alpha:g} | {p:.2f} | {s:.4f} |')
+        p, s, M, lam, alpha = rows[0]
+        if not math.isfinite(p):
+            raise FloatingPointError(f'{task}: every setting gives a non-finite PSNR: the generator or the '
+                                     'settings are broken, no setting is recommended')
+        print(f'\nbest: --M {M} --lam {lam:g} --alpha {alpha:g}', flush=True)
+        best[task] = dict(M=M, lam=lam, alpha=alpha, psnr=p, ssim=s)
+    return best
+
+
+def relaxation(text):
+    """alpha of Algorithm 4 in (0, 1]: v = (1 - alpha) x + alpha denoise(x) mixes x with its denoised
+    version; above 1 the step extrapolates past the denoiser and the iterates blow up."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f'must be in (0, 1] (a mix of x and its denoised version), got {text}')
+    return value
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        description='Restore images with a trained RGM generator (Algorithm 4, DRS). M, J, alpha and lambda '
-                    'default to the paper\'s Table 6 for the task (its CIFAR-10 column for images up to 64 px). '
-                    'Denoising: Table 6 has three CIFAR-10 columns whose noise levels were lost from the paper; '
-                    'the first (M 10, lambda 0.01, alpha 0.2) is used whatever --sigma-y is, so give --M, --lam '
-                    'and --alpha for other noise levels.')
-    parser.add_argument('--task', required=True, choices=sorted(TASKS))
-    parser.add_argument('--ckpt', required=True, help='our checkpoint, or the authors\' netG_*.pth with --authors-config')
-    parser.add_argument('--authors-config', choices=sorted(models.CONFIGS), help='read --ckpt as the authors\' generator')
-    parser.add_argument('--schedule', choices=sorted(schedules.SCHEDULES), help='with --authors-config (default d)')
-    parser.add_argument('--K', type=datasets.positive_int,
-                        help='with --authors-config: number of levels it was trained with (default 4)')
-    parser.add_argument('--no-ema', action='store_true', help='use the raw generator weights instead of the EMA ones')
-    parser.add_argument('--discretisation', choices=['original', 'square', 'geometric'],
-                        help='with --authors-config (default original)')
+        description='Restore images with a trained RGM generator (Algorithm 4, DRS), or with --tune choose its '
+                    'settings on training images. M, J, alpha and lambda default to the paper\'s Table 6 for the '
+                    'task (its CIFAR-10 column for images up to 64 px). Denoising: Table 6 has three CIFAR-10 '
+                    'columns whose noise levels were lost from the paper; the first (M 10, lambda 0.01, alpha 0.2) '
+                    'is used whatever --sigma-y is, so give --M, --lam and --alpha for other noise levels (or '
+                    'find them with --tune).')
+    parser.add_argument('--task', nargs='+', choices=sorted(TASKS),
+                        help='the degradation (one; with --tune several, default ' + ' '.join(TUNE_TASKS) + ')')
+    cli.add_generator_args(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--dataset', choices=['cifar10', 'fashion_mnist'],
-                        help='a split of a data set (--split), read from --data-dir (no download; Fashion-MNIST '
-                             'also from /usr/share/datasets/fashion-mnist, see data.py)')
-    source.add_argument('--folder', help='a folder of clean images (.png/.jpg/.jpeg/.bmp, sorted by name)')
+                        help='a split of a data set (--split), read from --data-dir or downloaded there when '
+                             'absent (Fashion-MNIST also from /usr/share/datasets/fashion-mnist, see data.py)')
+    source.add_argument('--folder', help='a folder of clean images (' + '/'.join(data.IMAGE_EXTENSIONS)
+                        + ', its subfolders too, sorted by path)')
     source.add_argument('--image', nargs='+', help='clean image(s): degraded, then restored')
     source.add_argument('--observed', nargs='+', help='already degraded image(s) (low-res / gray): restored as is, no metrics')
     parser.add_argument('--data-dir', default='data')
-    parser.add_argument('--split', default='test', choices=['test', 'train'],
-                        help='--dataset split: test to report, train to choose settings without the test images')
-    parser.add_argument('--n', type=datasets.positive_int, default=100, help='first N images of --dataset / --folder')
-    parser.add_argument('--sigma-y', type=datasets.nonnegative_float, default=None,
+    parser.add_argument('--split', default=None, choices=['test', 'train'],
+                        help='--dataset split: test (default) to report; --tune always uses train')
+    parser.add_argument('--n', type=cli.positive_int, default=100, help='first N images of --dataset / --folder')
+    parser.add_argument('--sigma-y', type=cli.nonnegative_float, default=None,
                         help='observation noise std in 0-255 pixel units (25 means 25/255 of the range; '
                              'converted once to 2*sigma/255 in the [-1, 1] space of the model). Default: 25 for '
                              'denoise (which needs > 0), 0 for the other tasks; not given with --observed, whose images '
                              'already hold their noise')
-    parser.add_argument('--M', type=datasets.positive_int, help='DRS iterations (default: Table 6 for the task)')
-    parser.add_argument('--J', type=datasets.positive_int, help='levels per iteration, J..1 (default: Table 6)')
-    parser.add_argument('--alpha', type=datasets.positive_float, help='denoiser relaxation (default: Table 6)')
-    parser.add_argument('--lam', type=datasets.positive_float, help='data-term weight of the prox (default: Table 6)')
-    parser.add_argument('--noise-scale', type=datasets.nonnegative_float, default=0.99,
+    g = parser.add_argument_group('DRS settings (one value each; with --tune, the grid to search)')
+    g.add_argument('--M', type=cli.positive_int, nargs='+',
+                   help=f'DRS iterations (default: Table 6; --tune: {" ".join(map(str, TUNE_GRID["M"]))})')
+    g.add_argument('--J', type=cli.positive_int, nargs=1, help='levels per iteration, J..1 (default: Table 6; --tune: 1)')
+    g.add_argument('--alpha', type=relaxation, nargs='+',
+                   help=f'denoiser relaxation in (0, 1] (default: Table 6; --tune: {" ".join(map(str, TUNE_GRID["alpha"]))})')
+    g.add_argument('--lam', type=cli.positive_float, nargs='+',
+                   help=f'data-term weight of the prox (default: Table 6; --tune: {" ".join(map(str, TUNE_GRID["lam"]))})')
+    parser.add_argument('--noise-scale', type=cli.nonnegative_float, default=0.99,
                         help='scale of the forward-process noise')
     parser.add_argument('--return-iterate', default='x', choices=ITERATES[:3],
                         help="DRS iterate returned: x (the authors'), y (denoised) or prox")
-    parser.add_argument('--out', required=True, help='output folder; one that holds files needs --overwrite')
+    parser.add_argument('--tune', action='store_true',
+                        help='choose M, lambda, alpha on the first --n training images of --dataset: a table per '
+                             'task (best first, beside Table 6 and the baselines); prints, writes nothing')
+    parser.add_argument('--show', type=cli.positive_int, default=5, help='--tune: rows of each table')
+    parser.add_argument('--out', help='output folder (required unless --tune); one that holds files needs --overwrite')
     parser.add_argument('--overwrite', action='store_true',
-                        help="replace an earlier run's outputs in --out (restored/, grid_*.png, metrics.csv, summary.json)")
-    parser.add_argument('--device', default='cpu')
+                        help="replace an earlier run's outputs in --out (" + ', '.join(OUTPUTS) + ')')
+    parser.add_argument('--device', default=cli.DEFAULT_DEVICE)
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--batch-size', type=datasets.positive_int, default=100)
+    parser.add_argument('--batch-size', type=cli.positive_int, default=100)
     return parser
 
 

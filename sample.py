@@ -1,4 +1,4 @@
-"""Sampling from a trained RGM generator (Algorithm 3), the paper's figures, and FID / Inception Score.
+"""Sampling from a trained RGM generator (Algorithm 3) and the paper's figures; the scores come from metrics.py.
 
     python sample.py --ckpt runs/kld_d/checkpoints/ckpt_00200000.pt   # 64 samples -> a PNG grid (the path is printed)
     python sample.py --ckpt netG_1200.pth --authors-config cifar10 --figures    # the authors' released generator
@@ -9,33 +9,22 @@ Samples come in chunks of --batch-size; chunk c is drawn with its own random gen
 (--seed, c), so the images depend on --seed and --batch-size, never on the number of processes.
 """
 import argparse
-import datetime
-import hashlib
 import math
-import os
-import re
 import time
-import urllib.error
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch_fidelity
 import torchvision
 from PIL import Image
-from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from tqdm import tqdm
 
+import cli
 import data
 import metrics
 import models
-from schedules import SCHEDULES, sample_rgm, schedule_of
-
-
-def load_model(ckpt, ema=True, authors_config=None, schedule=None, K=None, discretisation=None, device='cpu'):
-    """(G, meta): see models.open_generator."""
-    return models.open_generator(ckpt, device, ema, authors_config, schedule, K, discretisation)
+from schedules import sample_rgm, schedule_of
 
 
 # ----------------------------------------------------------------------------
@@ -152,163 +141,33 @@ def versus_figure(columns, trajectories, path, nrow=8):
 
 
 # ----------------------------------------------------------------------------
-# FID and Inception Score through torch-fidelity (TF-Inception weights, as the papers report).
-
-def inception_weights(path=None):
-    """Path of the Inception weights torch-fidelity uses: `path` if given, else torch hub's copy,
-    downloaded there when absent. Offline, says which file to fetch and where to put it."""
-    hub = Path(torch.hub.get_dir()) / 'checkpoints' / os.path.basename(URL_INCEPTION_V3)
-    how = f'download {URL_INCEPTION_V3} and put it at {hub}, or pass --inception-weights PATH to that file'
-    if path is not None:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f'Inception weights {path!r} do not exist: {how}')
-        return str(path)
-    if not hub.is_file():
-        hub.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(URL_INCEPTION_V3, str(hub))
-        except urllib.error.URLError as e:
-            raise RuntimeError(f'the Inception weights are not on this machine and cannot be downloaded ({e}): {how}') from e
-    return str(hub)
-
-
-class Images(torch.utils.data.Dataset):
-    """uint8 images (N, C, H, W), as torch-fidelity reads them."""
-
-    def __init__(self, images):
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f'expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}')
-        self.images = images
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i]
-
-
-def reference_input(reference, image_size, slot=2):
-    """torch-fidelity arguments for a reference set: 'cifar10' (its training set, as the paper),
-    a folder of images (resized and centre-cropped to image_size; statistics cached under a name
-    made from the folder, its file names and the size), or uint8 images (not cached)."""
-    if torch.is_tensor(reference):
-        return {f'input{slot}': Images(reference)}
-    if reference == 'cifar10':
-        if image_size != 32:
-            raise ValueError(f'the cifar10 reference holds 32x32 images, the samples are {image_size}x{image_size}')
-        return {f'input{slot}': 'cifar10-train'}
-    folder = Path(reference)
-    files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in ('.png', '.jpg', '.jpeg')) \
-        if folder.is_dir() else []
-    if not files:
-        raise FileNotFoundError(f'reference {reference!r} is neither cifar10 nor a folder of .png/.jpg images')
-    key = hashlib.sha1('\n'.join([str(folder.resolve()), str(image_size), *files]).encode()).hexdigest()[:12]
-    name = re.sub(r'[^A-Za-z0-9_.-]', '_', f'folder-{folder.name}-{image_size}px-{key}')
-    return {f'input{slot}': str(folder), f'input{slot}_cache_name': name, 'samples_resize_and_crop': image_size}
-
-
-def _fidelity(**kwargs):
-    """torch_fidelity.calculate_metrics with our defaults, results under short names."""
-    kwargs = {'save_cpu_ram': True, 'verbose': False, **kwargs}
-    try:
-        m = torch_fidelity.calculate_metrics(**kwargs)
-    except urllib.error.URLError as e:      # a registered data set that is absent and cannot be downloaded
-        root = kwargs.get('datasets_root') or os.path.join(torch.hub.get_dir(), '..', 'fidelity_datasets')
-        raise RuntimeError(f'the reference data set is not on this machine and cannot be downloaded ({e}); '
-                           f'for CIFAR-10 put cifar-10-python.tar.gz into {os.path.normpath(root)} '
-                           '(or pass --data-dir)') from e
-    names = {'fid': torch_fidelity.KEY_METRIC_FID, 'is_mean': torch_fidelity.KEY_METRIC_ISC_MEAN,
-             'is_std': torch_fidelity.KEY_METRIC_ISC_STD}
-    return {name: m[key] for name, key in names.items() if key in m}
-
-
-def fidelity_metrics(images, reference=None, isc=False, device='cpu', **kwargs):
-    """FID against `reference` (see reference_input; None: no FID) and/or the Inception Score
-    (isc=True) of uint8 images (N, 3, H, W). Returns {'fid', 'is_mean', 'is_std'}, those computed.
-    kwargs go to torch-fidelity: feature_extractor, feature_extractor_weights_path, batch_size,
-    cache_root, datasets_root, isc_splits, verbose."""
-    if isc and len(images) < kwargs.get('isc_splits', 10):
-        raise ValueError(f"the Inception Score averages over {kwargs.get('isc_splits', 10)} splits: "
-                         f'it needs at least that many samples, got {len(images)}')
-    if reference is not None:
-        kwargs.update(reference_input(reference, images.shape[-1]))
-    return _fidelity(input1=Images(images), isc=isc, fid=reference is not None,
-                     cuda=torch.device(device).type == 'cuda', **kwargs)
-
-
-def cache_reference(reference, image_size, device='cpu', **kwargs):
-    """Compute and cache the reference's features and statistics once, before sampling (so a missing
-    data set fails early); returns the reference's own Inception Score."""
-    kwargs.update(reference_input(reference, image_size, slot=1))
-    kwargs.update(reference_input(reference, image_size, slot=2))
-    return _fidelity(isc=True, fid=True, cuda=torch.device(device).type == 'cuda', **kwargs)['is_mean']
-
-
-# ----------------------------------------------------------------------------
 # Command line.
-
-def setup_distributed(device):
-    """(rank, world_size, device). Under torchrun: one process per device, NCCL on GPU, gloo on CPU."""
-    device = torch.device(device)
-    if 'RANK' not in os.environ:
-        return 0, 1, device
-    if device.type == 'cuda':
-        device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
-        torch.cuda.set_device(device)
-    # Long timeout: the other processes wait while rank 0 caches the reference statistics.
-    dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', timeout=datetime.timedelta(hours=2))
-    return dist.get_rank(), dist.get_world_size(), device
-
 
 def main(args):
     wall = time.perf_counter()
-    rank, world_size, device = setup_distributed(args.device)
+    rank, world_size, device = cli.init_distributed(args.device, cli.LONG_TIMEOUT)   # rank 0 caches statistics
     master = rank == 0
-    G, meta = load_model(args.ckpt, not args.no_ema, args.authors_config, args.schedule, args.K,
-                         args.discretisation, device)
+    G, meta = cli.load_generator(args, device)
     if args.compile:            # faster sampling on CPU and GPU (bench/sampling.py); compiles on the first chunk
         G = torch.compile(G)
     schedule = schedule_of(meta, device)
     schedule.check_shape((1, meta['channels'], meta['image_size'], meta['image_size']))
     out = Path(args.out or Path(args.ckpt).resolve().parent / 'samples')
-    data.prepare_out(str(out), OUTPUTS, args.overwrite, 'sample.py run', remove=False)     # refuse before any work
+    cli.prepare_out(str(out), OUTPUTS, args.overwrite, 'sample.py run', remove=False)     # refuse before any work
+    scores = metrics.Scores(meta, args.n, args.fid, args.is_, args.reference, not args.no_fd, args.classifier,
+                            args.data_dir, args.inception_weights, args.fid_cache,
+                            batch_size=min(args.batch_size, 250), device=device)  # Inception runs at 299 px
     summary = dict(ckpt=str(args.ckpt), ema=not args.no_ema, schedule=meta['schedule'], nfe=schedule.K,
                    posterior=meta['posterior'], noise_scale=args.noise_scale, seed=args.seed, n=args.n,
                    batch_size=args.batch_size, world_size=world_size, device=str(device))
-
-    # ---- FID / IS set-up on rank 0, before sampling: weights, reference statistics (cached once) ----
-    reference = args.reference or (meta.get('dataset') if meta.get('dataset') == 'cifar10' else None)
-    metric_kwargs = {}
-    if master and (args.fid or args.is_):
-        if meta['channels'] != 3:
-            raise ValueError(f"FID and IS need RGB images; this model makes {meta['channels']}-channel images")
-        if args.fid and reference is None:
-            raise ValueError('--fid needs --reference: cifar10 (the training set) or a folder of images')
-        if args.is_ and args.n < 10:
-            raise ValueError(f'the Inception Score averages over 10 splits: --n must be at least 10, got {args.n}')
-        metric_kwargs = dict(feature_extractor_weights_path=inception_weights(args.inception_weights),
-                             cache_root=args.fid_cache, datasets_root=args.data_dir, verbose=True, device=device,
-                             batch_size=min(args.batch_size, 250))     # Inception runs at 299x299: smaller batches
-        if args.fid:
-            summary.update(reference=str(reference), reference_is=cache_reference(
-                reference, meta['image_size'], **metric_kwargs))
-            print(f"reference {reference}: statistics cached, its IS {summary['reference_is']:.2f}")
-    fashion = master and meta.get('dataset') == 'fashion_mnist' and not args.no_fd
-    if fashion:     # the classifier (trained and cached on first use) and the real images, before sampling
-        classifier, accuracy, trained = metrics.get_classifier(args.classifier, args.data_dir or 'data')
-        print(f'Fashion-MNIST classifier {args.classifier} ({"trained now" if trained else "cached"}): '
-              f'test accuracy {accuracy:.4f}')
-        test = data.FashionMNIST(args.data_dir or 'data', train=False).images
-        floor_train = data.FashionMNIST(args.data_dir or 'data', train=True).images[:len(test)]
-        if args.n < 1000:
-            print(f'note: a Frechet distance on {args.n} samples is biased upwards; compare runs at the same --n '
-                  '(the README uses 10,000)')
+    if master:
+        summary.update(scores.prepare())
     if world_size > 1:
         dist.barrier()
 
     # ---- sampling (Algorithm 3), sharded over the processes ----
     if master:
-        data.prepare_out(str(out), OUTPUTS, args.overwrite, 'sample.py run')
+        cli.prepare_out(str(out), OUTPUTS, args.overwrite, 'sample.py run')
         out.mkdir(parents=True, exist_ok=True)
         print(f"sampling {args.n} images with {meta['schedule']} K={schedule.K} (NFE {schedule.K}) "
               f'on {world_size} process(es), {device}')
@@ -324,6 +183,19 @@ def main(args):
         return
 
     # ---- outputs, figures, metrics (rank 0) ----
+    summary.update(write_outputs(G, schedule, meta, images, args, out, device))
+    summary.update(scores(images))
+    summary.update(images_per_second=args.n / summary['sampling_seconds'], wall_seconds=time.perf_counter() - wall)
+    cli.write_json(out / 'metrics.json', summary)
+    shown = [f'{k} {summary[k]:.3f}' for k in ('fid', 'is_mean', 'is_std') if k in summary]
+    print(' | '.join(shown + [f"NFE {summary['nfe']}", f'{args.n} samples',
+                              f"{summary['images_per_second']:.1f} images/s",
+                              f"wall {summary['wall_seconds']:.1f} s"]) + f" -> {out / 'metrics.json'}")
+
+
+def write_outputs(G, schedule, meta, images, args, out, device):
+    """The samples in --format (and a 64-image grid), the figures asked for; returns summary entries."""
+    summary = {}
     print(f'wrote {write_samples(images, out, args.format)}')
     if args.format != 'grid':
         save_grid(images[:64], out / 'samples.png')
@@ -339,20 +211,7 @@ def main(args):
                   'k = 1..K: ' + ' '.join(f'{s:.3f}' for s in spread.tolist()))
     if args.versus:
         write_versus(G, schedule, meta, args, device, out)
-    if args.fid or args.is_:
-        summary.update(fidelity_metrics(images, reference if args.fid else None, isc=args.is_, **metric_kwargs))
-    if fashion:
-        scores = metrics.fashion_scores(classifier, images, test, floor_train, progress=True)
-        summary.update(classifier_test_accuracy=accuracy, **scores)
-        print(f"FD {scores['fd']:.3f} against {len(test)} test images (floor: {len(floor_train)} training "
-              f"images score {scores['fd_floor']:.3f}); class shares {scores['min_class_share']:.3f} to "
-              f"{scores['max_class_share']:.3f}: " + ' '.join(f'{v:.3f}' for v in scores['class_shares'].values()))
-    summary.update(images_per_second=args.n / summary['sampling_seconds'], wall_seconds=time.perf_counter() - wall)
-    data.write_json(out / 'metrics.json', summary)
-    shown = [f'{k} {summary[k]:.3f}' for k in ('fid', 'is_mean', 'is_std') if k in summary]
-    print(' | '.join(shown + [f"NFE {summary['nfe']}", f'{args.n} samples',
-                              f"{summary['images_per_second']:.1f} images/s",
-                              f"wall {summary['wall_seconds']:.1f} s"]) + f" -> {out / 'metrics.json'}")
+    return summary
 
 
 OUTPUTS = ('samples.png', 'png', 'samples.npz', 'metrics.json', 'trajectory.png', 'z_role.png', 'versus.png')
@@ -362,7 +221,7 @@ OUTPUTS = ('samples.png', 'png', 'samples.npz', 'metrics.json', 'trajectory.png'
 def write_versus(G, schedule, meta, args, device, out, n=64):
     """versus.png: this model and the --versus checkpoint side by side, the same seed for both (the
     same start noise x_K), real test images first for Fashion-MNIST models, and one trajectory each."""
-    G2, meta2 = load_model(args.versus, device=device)
+    G2, meta2 = models.open_generator(args.versus, device)
     if (meta2['channels'], meta2['image_size']) != (meta['channels'], meta['image_size']):
         raise ValueError(f"--versus {args.versus} makes {meta2['channels']}x{meta2['image_size']}px images, "
                          f"this model {meta['channels']}x{meta['image_size']}px")
@@ -391,20 +250,14 @@ def label_of(meta):
 
 def build_parser():
     p = argparse.ArgumentParser(description='Sample from an RGM generator (Algorithm 3); figures; FID and IS.')
-    p.add_argument('--ckpt', required=True, help="our checkpoint, or the authors' netG_*.pth with --authors-config")
-    p.add_argument('--no-ema', action='store_true', help='use the raw generator weights instead of the EMA ones')
-    p.add_argument('--authors-config', choices=sorted(models.CONFIGS), help="read --ckpt as the authors' generator")
-    p.add_argument('--schedule', choices=sorted(SCHEDULES), help='with --authors-config (default d)')
-    p.add_argument('--K', type=data.positive_int, help='with --authors-config: levels it was trained with (default 4)')
-    p.add_argument('--discretisation', choices=['original', 'square', 'geometric'],
-                   help='with --authors-config (default original)')
-    p.add_argument('--n', '--num-samples', dest='n', type=data.positive_int, default=64,
+    cli.add_generator_args(p)
+    p.add_argument('--n', '--num-samples', dest='n', type=cli.positive_int, default=64,
                    help='number of samples (under torchrun write --num-samples: torchrun takes --n for its own)')
-    p.add_argument('--batch-size', type=data.positive_int, default=64,
+    p.add_argument('--batch-size', type=cli.positive_int, default=64,
                    help='samples per chunk and per network call; with --seed it fixes the images')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--noise-scale', type=data.nonnegative_float, default=0.999, help='scale of the fresh forward noise (authors 0.999; posterior-trained models draw from q(x_k | x_{k+1}, x0_hat) unscaled)')
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--noise-scale', type=cli.nonnegative_float, default=0.999, help='scale of the fresh forward noise (authors 0.999; posterior-trained models draw from q(x_k | x_{k+1}, x0_hat) unscaled)')
+    p.add_argument('--device', default=cli.DEFAULT_DEVICE)
     p.add_argument('--out', help='output folder (default: samples/ beside the checkpoint); one that holds files '
                                  'needs --overwrite')
     p.add_argument('--overwrite', action='store_true',
@@ -420,7 +273,7 @@ def build_parser():
     p.add_argument('--is', dest='is_', action='store_true', help='Inception Score')
     p.add_argument('--reference', help='cifar10 (training set) or a folder of images (default: the checkpoint\'s '
                                        'data set when that is cifar10)')
-    p.add_argument('--inception-weights', help=f'local copy of {URL_INCEPTION_V3} (for machines without internet)')
+    p.add_argument('--inception-weights', help=f'local copy of {metrics.URL_INCEPTION_V3} (for machines without internet)')
     p.add_argument('--data-dir', help="where torch-fidelity keeps CIFAR-10 (default $TORCH_HOME/fidelity_datasets); "
                                       "for Fashion-MNIST models, its files (default data/, see data.py)")
     p.add_argument('--no-fd', action='store_true',

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import data
+import cli
 import losses
 import models
 from schedules import make_schedule, sample_rgm
@@ -59,7 +59,7 @@ def _checkerboard(n):
 DATASETS = {'8gaussians': _mixture('8gaussians'), '25gaussians': _mixture('25gaussians'),
             'checkerboard': _checkerboard}
 
-# Per-method defaults, tuned on a 2-core CPU (README: what was tried, with numbers): iterations,
+# Per-method defaults, tuned on a 2-core CPU (docs/toy2d.md: what was tried, with numbers): iterations,
 # batch size, the fidelity weight lam, the share of the last iterations over which G's learning
 # rate falls linearly to 0, and the units per hidden layer of G and of KLD's D. The paper trains
 # 100k steps at batch 1000 with 32 units. Within a CPU budget, a G with 64 units draws sharper
@@ -285,7 +285,7 @@ def main(args):
     methods = list(METHODS) if args.prior == 'all' else [args.prior]
     if args.posterior and 'mmse' in methods and args.prior != 'all':
         raise ValueError('--posterior applies to the RGM priors, not to the MMSE baseline')
-    data.prepare_out(args.out, OUTPUTS, args.overwrite, 'toy2d.py run')
+    cli.prepare_out(args.out, OUTPUTS, args.overwrite, 'toy2d.py run')
     jobs = args.jobs or (max(1, min(len(methods), available_cpus() // args.threads))
                          if args.device == 'cpu' else 1)
     torch.set_num_threads(args.threads)
@@ -314,7 +314,7 @@ def main(args):
 
     fig_path = os.path.join(args.out, 'toy2d.png')
     plot(columns, args.K, fig_path)
-    data.write_json(os.path.join(args.out, 'metrics.json'), dict(config=vars(args), results=results))
+    cli.write_json(os.path.join(args.out, 'metrics.json'), dict(config=vars(args), results=results))
 
     print(f'\n{args.dataset}, K = {args.K}, {args.n_samples} samples per method')
     cols = ['modes', 'hq_fraction', 'spread_min', 'spread_max', 'energy_distance', 'train_seconds']
@@ -327,11 +327,9 @@ def main(args):
     print(f'wrote {fig_path}, metrics.json and samples_<method>.npy to {os.path.abspath(args.out)}')
 
 
-def unit_interval(text):
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f'must be in [0, 1], got {text}')
-    return value
+def per_method(key):
+    """'kld 25000, mmd 30000, ...': a default of METHODS for the help texts (never typed twice)."""
+    return ', '.join(f'{m} {d[key]:g}' for m, d in METHODS.items() if key in d)
 
 
 def build_parser():
@@ -339,26 +337,27 @@ def build_parser():
     p.add_argument('--prior', default='all', choices=list(METHODS) + ['all'],
                    help='RGM prior (kld, mmd, dswd), the MMSE baseline, or all four (default)')
     p.add_argument('--dataset', default='8gaussians', choices=list(DATASETS))
-    p.add_argument('--K', type=data.positive_int, default=4, help='number of degradation steps = NFE')
-    p.add_argument('--iters', type=data.positive_int, default=None, help='training iterations (default: per method)')
-    p.add_argument('--batch-size', type=data.positive_int, default=None, help='default: per method (1000; MMD 500)')
-    p.add_argument('--lam', type=data.nonnegative_float, default=None, help='fidelity weight (default: per method)')
-    p.add_argument('--lr-decay', type=unit_interval, default=None,
-                   help="share of the last iterations over which G's lr falls to 0 (default: per method)")
-    p.add_argument('--hidden', type=data.positive_int, default=None,
-                   help="units per hidden layer of G (default: per method, 64; the paper's: 32)")
-    p.add_argument('--d-hidden', type=data.positive_int, default=None,
-                   help="units per hidden layer of KLD's D (default: 48; the paper's: 32)")
+    p.add_argument('--K', type=cli.positive_int, default=4, help='number of degradation steps = NFE')
+    p.add_argument('--iters', type=cli.positive_int, default=None, help=f'training iterations (default per method: {per_method("iters")})')
+    p.add_argument('--batch-size', type=cli.positive_int, default=None, help=f'default per method: {per_method("batch_size")}')
+    p.add_argument('--lam', type=cli.nonnegative_float, default=None, help=f'fidelity weight (default per method: {per_method("lam")})')
+    p.add_argument('--lr-decay', type=cli.fraction, default=None,
+                   help=f"share of the last iterations over which G's lr falls to 0 (default per method: {per_method('lr_decay')})")
+    p.add_argument('--hidden', type=cli.positive_int, default=None,
+                   help=f"units per hidden layer of G (default per method: {per_method('hidden')}; the paper's: 32)")
+    p.add_argument('--d-hidden', type=cli.positive_int, default=None,
+                   help=f"units per hidden layer of KLD's D (default: {METHODS['kld']['d_hidden']}; the paper's: 32)")
     p.add_argument('--sw-p', type=int, default=1, choices=[1, 2],
-                   help="DSWD's SW_p (the paper's is 2, with lam 1; README: why 1 here)")
-    p.add_argument('--nz', type=data.nonnegative_int, default=2, help='latent dimension; 0 = no z (ablation)')
+                   help="DSWD's SW_p (the paper's is 2, with lam 1; docs/toy2d.md: why 1 here)")
+    p.add_argument('--nz', type=cli.nonnegative_int, default=2, help='latent dimension; 0 = no z (ablation)')
     p.add_argument('--posterior', action='store_true', help='Algorithm 1 instead of Algorithm 2')
-    p.add_argument('--n-samples', type=data.positive_int, default=10000, help='samples drawn for figure and metrics')
+    p.add_argument('--n-samples', type=cli.positive_int, default=10000, help='samples drawn for figure and metrics')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--device', default='cpu')
-    p.add_argument('--threads', type=data.positive_int, default=1,
+    p.add_argument('--device', default='cpu', help='cpu (default: the small networks train fastest on CPU cores, '
+                   'one method per core) or cuda')
+    p.add_argument('--threads', type=cli.positive_int, default=1,
                    help='CPU threads per training; these small networks run fastest on one (bench/toy2d.py)')
-    p.add_argument('--jobs', type=data.positive_int, default=None,
+    p.add_argument('--jobs', type=cli.positive_int, default=None,
                    help='methods trained at once, in separate processes (default: CPUs / threads); '
                         'with 1, progress bars show each training')
     p.add_argument('--out', default='runs/toy2d', help='output folder; one that holds files needs --overwrite')

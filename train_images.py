@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import fcntl
 import functools
 import glob
 import json
@@ -35,20 +36,24 @@ import os
 import re
 import resource
 import time
-import urllib.error
 import warnings
 
-import torch
-import torch.distributed as dist
-import torchvision
-from torch.nn.parallel import DistributedDataParallel as DDP
-from torchvision import transforms
-from tqdm import tqdm
+# OpenMP threads that wait for work by sleeping, not spinning: with two threads on a 2-core laptop, a
+# spinning thread that shares its core with another program slows every step several times over
+# (docs/benchmarks.md, "Training under load"). Read when torch loads, so it is set before the import.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
-import data
-import losses
-import models
-from schedules import SCHEDULES, make_schedule, sample_rgm
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torchvision  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import cli  # noqa: E402
+import data  # noqa: E402
+import losses  # noqa: E402
+import models  # noqa: E402
+from schedules import SCHEDULES, make_schedule, sample_rgm  # noqa: E402
 
 ADAM_BETAS = (0.5, 0.9)             # Adam for G, D and the TransformNet (the authors')
 
@@ -76,63 +81,17 @@ FASHION = dict(dataset='fashion_mnist', net='fashion', batch_size=32, lr_G=5e-4,
                workers=0, log_every=50, ckpt_every=1000, sample_every=500, threads=2)
 PRESETS.update({
     'fashion_kld_d':  dict(FASHION, prior='kld'),
+    'fashion_kld_sr': dict(FASHION, prior='kld', schedule='sr', K=7),     # 32 -> 4 px, as cifar10_kld_sr
+    'fashion_dswd_d': dict(FASHION, prior='dswd', dswd_projections=1000, dswd_steps=10),
     'fashion_mmse_d': dict(FASHION, prior='mmse'),     # the MMSE baseline: same G (without z), K, steps, data
 })
 PRIOR_CHOICES = sorted(losses.PRIORS) + ['mmse']
-DATASETS = ('cifar10', 'celeba_hq', 'lsun_church', 'folder', 'fake', 'fashion_mnist')
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp')
 
 
 # ----------------------------------------------------------------------------
-# Data: images in [-1, 1]; the random horizontal flip happens on the device (see the loop).
+# Data (data.py builds the sets; the random horizontal flip happens on the device, in the loop).
 
-class ImageFiles(torch.utils.data.Dataset):
-    """Every image under a folder (recursively), as (image, 0) like torchvision's data sets. Files are
-    read by data.open_image (16-bit files scaled to 8 bits); one that cannot be decoded stops the run
-    naming it (train() can check them all first: --check-images)."""
-
-    def __init__(self, root, transform):
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f'--data-dir {root!r} does not exist: give the folder of training images')
-        self.files = sorted(p for p in glob.glob(os.path.join(root, '**', '*'), recursive=True)
-                            if p.lower().endswith(IMAGE_EXTENSIONS))
-        if not self.files:
-            raise FileNotFoundError(f'--data-dir {root!r} holds no images ({", ".join(IMAGE_EXTENSIONS)})')
-        self.transform = transform
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, i):
-        return self.transform(data.open_image(self.files[i], 'RGB')), 0
-
-
-def build_dataset(name, data_dir, image_size, fake_size=64, download=True):
-    """The training set; resize and center crop to image_size (a no-op for CIFAR-10 at 32).
-    Fashion-MNIST is one-channel and padded to 32 x 32 (data.py)."""
-    if name == 'fashion_mnist':
-        if image_size != 32:
-            raise ValueError(f'fashion_mnist is 32 x 32 (28 x 28 padded), not --image-size {image_size}')
-        return data.FashionMNIST(data_dir, train=True, download=download)
-    tf = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size),
-                             transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
-    if name == 'cifar10':
-        try:
-            return torchvision.datasets.CIFAR10(data_dir, train=True, transform=tf, download=download)
-        except (urllib.error.URLError, OSError) as e:
-            raise RuntimeError(f'CIFAR-10 is not in --data-dir {data_dir!r} and cannot be downloaded ({e}): put '
-                               f'cifar-10-python.tar.gz (from https://www.cs.toronto.edu/~kriz/) into {data_dir!r} '
-                               'and run again') from e
-    if name in ('celeba_hq', 'folder'):
-        return ImageFiles(data_dir, tf)
-    if name == 'lsun_church':
-        if not os.path.isdir(os.path.join(data_dir, 'church_outdoor_train_lmdb')):
-            raise FileNotFoundError(f'--data-dir {data_dir!r} has no church_outdoor_train_lmdb folder (LSUN)')
-        lsun = torchvision.datasets.LSUN(data_dir, classes=['church_outdoor_train'], transform=tf)
-        return torch.utils.data.Subset(lsun, range(min(len(lsun), 120_000)))     # the authors' first 120k
-    if name == 'fake':
-        return torchvision.datasets.FakeData(fake_size, (3, image_size, image_size), num_classes=1, transform=tf)
-    raise ValueError(f'unknown data set {name!r}: choose one of {DATASETS}')
+DATASET_CHANNELS = {'fashion_mnist': 1}     # every other data set is RGB
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -401,36 +360,423 @@ def step_seed(seed, rank, step):
 
 
 # ----------------------------------------------------------------------------
+# The phases of a training run: configuration, run directory, data, networks, the periodic report.
 
-def init_distributed(device):
-    """Join torchrun's process group (NCCL on GPUs, gloo on CPU); returns (rank, world size, device)."""
-    rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
-    options = {}
-    if device.type == 'cuda':
-        device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
-        torch.cuda.set_device(device)
-        options['device_id'] = device
-    if os.environ.get('TORCHELASTIC_USE_AGENT_STORE') == 'True' and int(os.environ.get('TORCHELASTIC_MAX_RESTARTS', 0)):
-        # torchrun's shared store keeps the addresses of the previous attempt, which restarted workers
-        # then fail to reach (PyTorch issue 135712): give each attempt its own keys. The attempt number
-        # is consistent only within one node.
-        if int(os.environ['LOCAL_WORLD_SIZE']) != world_size:
-            raise RuntimeError('torchrun --max-restarts over several nodes: export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 '
-                               'before torchrun, else restarted workers cannot connect (PyTorch issue 135712)')
-        store, _, _ = next(dist.rendezvous('env://'))
-        attempt = os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')
-        options.update(store=dist.PrefixStore(f'rgm/attempt_{attempt}', store), rank=rank, world_size=world_size)
-    dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', **options)
-    return rank, world_size, device
+@dataclasses.dataclass
+class Setup:
+    """What the flags fix before any work: network arguments, the forward process, the batch split."""
+    G_kwargs: dict
+    D_kwargs: dict          # None for the MMSE baseline (no discriminator)
+    schedule: object
+    local_batch: int
+    image_size: int
+    channels: int
+
+    @property
+    def nz(self):
+        return self.G_kwargs['nz']
+
+    @property
+    def mmse(self):
+        return self.D_kwargs is None
+
+
+def configure(args, world_size, device):
+    """Check the flags against each other and build the Setup (nothing is read or written)."""
+    net = models.CONFIGS[args.net]
+    image_size = args.image_size or net['G']['image_size']
+    G_kwargs = {key: list(v) if isinstance(v, tuple) else v for key, v in net['G'].items()}
+    G_kwargs.update(image_size=image_size, nz=G_kwargs['nz'] if args.nz is None else args.nz)
+    D_kwargs = {key: list(v) if isinstance(v, tuple) else v for key, v in net['D'].items()}
+    D_kwargs.update(image_size=image_size)
+    if args.prior == 'mmse':            # the MMSE restorer E[x0 | x_{k+1}] has no z and no discriminator
+        if args.nz:
+            raise ValueError(f'--prior mmse trains G without a latent z: drop --nz {args.nz} (or give --nz 0)')
+        if args.posterior:
+            raise ValueError('--prior mmse is sampled with Algorithm 3 only: drop --posterior')
+        G_kwargs['nz'], D_kwargs = 0, None
+    if G_kwargs['nz'] < 0:
+        raise ValueError(f'--nz must be >= 0 (0 = no latent z), got {G_kwargs["nz"]}')
+    channels = G_kwargs.get('in_channels', 3)
+    if DATASET_CHANNELS.get(args.dataset, 3) != channels:
+        wanted = DATASET_CHANNELS.get(args.dataset, 3)
+        raise ValueError(f'--dataset {args.dataset} has {wanted}-channel images but --net {args.net} makes '
+                         f'{channels}-channel ones: choose a --net of {wanted} channel(s) ('
+                         + ', '.join(n for n, c in models.CONFIGS.items() if c['G'].get('in_channels', 3) == wanted) + ')')
+    schedule = make_schedule(args.schedule, args.K, args.discretisation)
+    schedule.check_shape((1, channels, image_size, image_size))
+    schedule.to(device)                                 # tables beside the data: no copies in the loop
+    if args.posterior and args.schedule != 'd':
+        raise ValueError(f'--posterior (Algorithm 1) exists for the denoising process d only, not {args.schedule!r}')
+    local_batch = split_batch(args.batch_size, world_size, 1 if D_kwargs is None else D_kwargs.get('group_size', 4))
+    return Setup(G_kwargs, D_kwargs, schedule, local_batch, image_size, channels)
+
+
+class RunDir:
+    """The run directory --out: config.json, log.jsonl, samples/, checkpoints/ (ckpt_<step>.pt)."""
+
+    def __init__(self, out):
+        self.out, self.ckpt_dir = out, os.path.join(out, 'checkpoints')
+        self.log_path = os.path.join(out, 'log.jsonl')
+
+    def checkpoints(self):
+        return checkpoints(self.ckpt_dir)
+
+    def latest(self):
+        found = self.checkpoints()
+        return found[max(found)] if found else None
+
+    def choose_start(self, resume, overwrite, restarted, master):
+        """The checkpoint to resume from (None: a new run); a used --out is refused unless --resume or
+        --overwrite (a worker restarted by torchrun resumes by itself)."""
+        found = self.checkpoints()
+        if not (resume or restarted):
+            if found and not overwrite:
+                raise FileExistsError(f'{self.out} already holds checkpoints: pass --resume to continue that run, '
+                                      '--overwrite to start over in it, or choose another --out')
+            cli.prepare_out(self.out, RUN_FILES, overwrite, 'training run', remove=False)    # removed in begin()
+            return None
+        if not found:
+            raise FileNotFoundError(f'--resume: no checkpoint under {self.ckpt_dir}')
+        if resume in (None, 'latest') or restarted:
+            return found[max(found)]
+        if os.path.realpath(resume) not in {os.path.realpath(p) for p in found.values()}:  # --resume PATH
+            raise FileNotFoundError(f'--resume {resume}: not one of the checkpoints of {self.out} '
+                                    f'({", ".join(sorted(os.path.basename(p) for p in found.values()))})')
+        return resume
+
+    def begin(self, start_step, record, config, overwrite):
+        """Rank 0, once everything is checked and loaded: an --overwrite run's old files removed, the
+        folders, config.json, and log.jsonl cut back to the checkpoint's step with a start/resume
+        record; later checkpoints of a --resume PATH move aside."""
+        if not start_step:
+            cli.prepare_out(self.out, RUN_FILES, overwrite, 'training run')
+        os.makedirs(os.path.join(self.out, 'samples'), exist_ok=True)
+        os.makedirs(self.ckpt_dir, exist_ok=True)
+        for tmp in glob.glob(os.path.join(self.ckpt_dir, '.tmp-*')):      # left by a save that was killed
+            os.remove(tmp)
+        newer = [path for step, path in self.checkpoints().items() if start_step and step > start_step]
+        if newer:               # --resume PATH went back: keep the later checkpoints aside, not in the way
+            aside = os.path.join(self.ckpt_dir, f'superseded_from_{start_step:08d}')
+            os.makedirs(aside, exist_ok=True)
+            for path in newer:
+                os.replace(path, os.path.join(aside, os.path.basename(path)))
+            print(f'--resume: moved {len(newer)} later checkpoint(s) to {aside}')
+        with open(os.path.join(self.out, 'config.json'), 'w') as f:
+            json.dump(config, f, indent=2)
+        records = []
+        if start_step and os.path.exists(self.log_path):    # keep the records up to the checkpoint; a line
+            with open(self.log_path) as f:                  # cut by a crash (no newline) is past it
+                records = [line for line in f if line.endswith('\n') and json.loads(line).get('step', 0) <= start_step]
+        with open(self.log_path, 'w') as f:
+            f.writelines(records)
+        self.log(record)
+
+    def log(self, record):
+        with open(self.log_path, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+
+    def save(self, ckpt, step, keep):
+        """Write ckpt_<step>.pt atomically (models.save_checkpoint) and keep the latest `keep` (0: all)."""
+        models.save_checkpoint(ckpt, os.path.join(self.ckpt_dir, f'ckpt_{step:08d}.pt'))
+        found = self.checkpoints()
+        for old in sorted(found)[:-keep] if keep > 0 else []:
+            os.remove(found[old])
+
+
+def make_loader(args, setup, rank, world_size, device, master):
+    """(sampler, loader, steps per epoch) of this rank's share of the training set."""
+    if master and args.dataset in ('cifar10', 'fashion_mnist'):
+        data.build_dataset(args.dataset, args.data_dir, setup.image_size)             # download once
+    if dist.is_initialized():
+        dist.barrier()
+    dataset = data.build_dataset(args.dataset, args.data_dir, setup.image_size, args.fake_size, download=False)
+    if isinstance(dataset, data.ImageFiles):
+        check_folder(dataset, args.check_images, args.skip_bad_images, master)
+    steps_per_epoch = len(dataset) // args.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f'the data set has {len(dataset)} images, fewer than one --batch-size {args.batch_size}')
+    sampler = EpochSampler(torch.utils.data.DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed, drop_last=True))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=setup.local_batch, sampler=sampler, drop_last=True,
+                                         num_workers=args.workers, pin_memory=device.type == 'cuda',
+                                         persistent_workers=args.workers > 0)
+    return sampler, loader, steps_per_epoch
+
+
+@dataclasses.dataclass
+class Nets:
+    """The networks, optimisers and learning-rate schedules of a run (D's are None for MMSE)."""
+    G: torch.nn.Module
+    G_ema: torch.nn.Module          # the EMA of G's weights: a separate copy
+    opt_G: torch.optim.Optimizer
+    sched_G: object
+    D: torch.nn.Module = None
+    opt_D: torch.optim.Optimizer = None
+    sched_D: object = None
+    critic: losses.KLD = None       # D's GAN loss (and the prior under KLD)
+    prior: object = None            # g_phi of Eq. 8
+
+    @property
+    def transform(self):
+        """DSWD's TransformNet, learned beside D, or None."""
+        return self.prior.transform if isinstance(self.prior, losses.DSWD) else None
+
+    def state_dicts(self):
+        """Everything a resumed run needs, under the checkpoint's keys (models.py's format)."""
+        state = {key: getattr(self, key) and getattr(self, key).state_dict()
+                 for key in ('G', 'G_ema', 'D', 'opt_G', 'opt_D', 'sched_G', 'sched_D')}
+        if self.transform is not None:
+            state.update(transform=self.transform.state_dict(), opt_T=self.prior.opt.state_dict())
+        return state
+
+    def load_state_dicts(self, ckpt):
+        for key in ('G', 'G_ema', 'D', 'opt_G', 'opt_D', 'sched_G', 'sched_D'):
+            if getattr(self, key) is not None:
+                getattr(self, key).load_state_dict(ckpt[key])
+        if self.transform is not None:
+            self.transform.load_state_dict(ckpt['transform'])
+            self.prior.opt.load_state_dict(ckpt['opt_T'])
+
+    def first_bad_weight(self):
+        """'G.<name>' of the first weight that holds NaN or inf, or None (one device sync)."""
+        nets = [(name, getattr(self, name)) for name in ('G', 'G_ema', 'D') if getattr(self, name) is not None]
+        if self.transform is not None:
+            nets.append(('transform', self.transform))
+        named = [(f'{net_name}.{name}', p) for net_name, net in nets for name, p in net.state_dict().items()
+                 if p.is_floating_point()]
+        finite = torch.stack([p.isfinite().all() for _, p in named]).tolist()
+        return next((name for (name, _), ok in zip(named, finite) if not ok), None)
+
+
+def build_nets(args, setup, device, steps_per_epoch, memory_format):
+    """Networks identical on every rank (seeded), Adam with the authors' betas, the cosine schedule."""
+    torch.manual_seed(args.seed)
+    G = models.NCSNpp(**setup.G_kwargs).to(device, memory_format=memory_format)
+    G_ema = copy.deepcopy(G).requires_grad_(False).eval()
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_G, betas=ADAM_BETAS)
+    nets = Nets(G, G_ema, opt_G, torch.optim.lr_scheduler.LambdaLR(
+        opt_G, cosine_lr(args.lr_G, args.lr_min, args.lr_tmax, steps_per_epoch)))
+    if not setup.mmse:
+        D_kwargs = setup.D_kwargs
+        nets.D = models.Discriminator(**D_kwargs).to(device, memory_format=memory_format)
+        nets.opt_D = torch.optim.Adam(nets.D.parameters(), lr=args.lr_D, betas=ADAM_BETAS)
+        nets.sched_D = torch.optim.lr_scheduler.LambdaLR(
+            nets.opt_D, cosine_lr(args.lr_D, args.lr_min, args.lr_tmax, steps_per_epoch))
+        nets.critic = losses.KLD(r1_gamma=args.r1_gamma, lazy_reg=args.lazy_reg)
+        nets.prior = make_prior(args.prior, nets.critic, D_kwargs['channels'] * D_kwargs['ch_mult'][-1] * 16, device,
+                                args.mmd_bandwidths, args.dswd_projections, args.dswd_steps, args.lr_D)
+    return nets
+
+
+def resume_from(nets, run, path, meta, setup, batch_size):
+    """Load a run's checkpoint into nets; returns its step. A corrupt file names the other checkpoints."""
+    try:
+        ckpt = models.load_checkpoint(path)
+    except (RuntimeError, ValueError) as e:
+        others = sorted(p for p in run.checkpoints().values() if p != path)
+        raise RuntimeError(f'{e}. Resume from an earlier checkpoint of the run with --resume PATH'
+                           + (f' (there: {", ".join(others)})' if others else ' (there is none)')) from e
+    check_same_run(ckpt, path, meta, setup.G_kwargs, setup.D_kwargs, batch_size)
+    nets.load_state_dicts(ckpt)
+    return ckpt['step']
+
+
+def wrap(nets, args, device):
+    """(G as the loop calls it, D's three views): DDP averages gradients; compiled copies for speed."""
+    ddp = functools.partial(DDP, device_ids=[device.index] if device.type == 'cuda' else None)
+    maybe_ddp = ddp if dist.is_initialized() else (lambda net: net)
+    maybe_compile = torch.compile if args.compile else (lambda net: net)
+    G_train = maybe_compile(maybe_ddp(nets.G))
+    if nets.D is None:
+        return G_train, None
+    D_ddp = maybe_ddp(nets.D)
+    return G_train, Critic(nets.D, train=maybe_compile(D_ddp), r1=D_ddp, frozen=maybe_compile(nets.D))
+
+
+class Monitor:
+    """The loss terms summed on the device, and the first step at which each was NaN or inf. They are
+    read (averaged over ranks) only by `reduce`, at log, sample and checkpoint steps: no device sync
+    in between."""
+    NEVER = 2**62
+
+    def __init__(self, names, device):
+        self.names, self.device = names, device
+        self.first_bad = torch.full((len(names),), self.NEVER, device=device)
+        self.reset()
+
+    def reset(self):
+        self.sums, self.count, self.since = torch.zeros(len(self.names), device=self.device), 0, time.time()
+
+    def add(self, terms, step):
+        """Terms of the step that has just made the count `step`."""
+        terms = torch.stack([terms[name] for name in self.names]).float()
+        self.sums += terms
+        self.first_bad = torch.where(torch.isfinite(terms), self.first_bad, self.first_bad.clamp(max=step))
+        self.count += 1
+
+    def reduce(self):
+        """{name: mean over steps and ranks} and {name: first bad step} of the terms that went non-finite."""
+        mean, first_bad = self.sums / self.count, self.first_bad.clone()
+        if dist.is_initialized():
+            dist.all_reduce(mean)
+            mean /= dist.get_world_size()
+            dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
+        bad = {name: at for name, at in zip(self.names, first_bad.tolist()) if at < self.NEVER}
+        return dict(zip(self.names, mean.tolist())), bad
+
+
+def stop_if_bad(bad, step, run, nets=None):
+    """Stop before anything is saved when a loss term went non-finite, or (at a checkpoint step, nets
+    given) a weight did although the losses were finite; name the last good checkpoint."""
+    what = ', '.join(f'{name} from step {at}' for name, at in sorted(bad.items(), key=lambda p: p[1]))
+    if not bad and nets is not None:
+        weight = nets.first_bad_weight()
+        what = weight and f'weight {weight}'
+    if what:
+        last = run.latest()
+        raise FloatingPointError(f'non-finite {what} (checked at step {step}): stopping. The last good '
+                                 f'checkpoint is {last or "none (none was written)"}')
+
+
+@contextlib.contextmanager
+def out_lock(out, master):
+    """On rank 0, an exclusive lock (flock) on the run directory while the run lasts: a second training
+    started into the same --out is refused. The system drops the lock when the process ends, even by a
+    crash or a kill, so a torchrun restart or a later --resume takes it again. Other ranks: no lock."""
+    if not master:
+        yield
+        return
+    os.makedirs(out, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f'--out {out!r} is in use by another training (it holds the folder\'s lock): '
+                               'wait for it to end, or choose another --out') from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def threads_note(threads):
+    """The CPU threads of this process, and why: the training output says it."""
+    policy = os.environ.get('OMP_WAIT_POLICY', 'ACTIVE').upper()
+    why = '--threads' if threads else 'torch\'s default'
+    return (f'{torch.get_num_threads()} CPU thread(s) ({why}; OpenMP waits {policy.lower()}ly'
+            + (', so a busy machine slows training less' if policy == 'PASSIVE' else '') + ')')
+
+
+def train(args, rank, world_size, device):
+    """The training run, in phases: configuration, run directory, data, networks, resume, loop."""
+    master = rank == 0                                  # rank 0 alone prints and writes
+    setup = configure(args, world_size, device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = RunDir(args.out)
+    restart = torch.tensor(int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)), device=device)
+    if dist.is_initialized():           # torchrun counts restarts per node: take the largest count
+        dist.all_reduce(restart, op=dist.ReduceOp.MAX)
+    with out_lock(args.out, master):                    # refuses a second training into the same --out
+        run_training(args, rank, world_size, device, master, setup, run, restart)
+
+
+def run_training(args, rank, world_size, device, master, setup, run, restart):
+    """train() once the run directory is this process's alone."""
+    resume_path = run.choose_start(args.resume, args.overwrite, int(restart) > 0, master)
+    sampler, loader, steps_per_epoch = make_loader(args, setup, rank, world_size, device, master)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    nets = build_nets(args, setup, device, steps_per_epoch, memory_format)
+    meta = dict(schedule=args.schedule, K=args.K, discretisation=args.discretisation, posterior=args.posterior,
+                nz=setup.nz, image_size=setup.image_size, channels=setup.channels, prior=args.prior,
+                dataset=args.dataset)
+    config = dict(vars(args), world_size=world_size, local_batch=setup.local_batch, steps_per_epoch=steps_per_epoch)
+    start_step = resume_from(nets, run, resume_path, meta, setup, args.batch_size) if resume_path else 0
+    G_train, critic_views = wrap(nets, args, device)
+    autocast = bf16_autocast(device, args.amp)
+    shared = torch.Generator(device)                    # same draws on every rank
+    if master:
+        run.begin(start_step, dict(event='resume' if start_step else 'start', step=start_step, world_size=world_size,
+                                   checkpoint=resume_path, restart=int(restart)),
+                  dict(config, G_kwargs=setup.G_kwargs, D_kwargs=setup.D_kwargs, meta=meta), args.overwrite)
+        millions = [sum(p.numel() for p in net.parameters()) / 1e6 if net is not None else 0 for net in (nets.G, nets.D)]
+        print(f'{"resuming " + resume_path if start_step else "new run"}: {world_size} process(es) on '
+              f'{device.type}, {threads_note(args.threads)}, global batch {args.batch_size}, '
+              f'{steps_per_epoch} steps per epoch, G {millions[0]:.2f}M, D {millions[1]:.2f}M parameters'
+              + (' (MMSE baseline: no D)' if setup.mmse else ''))
+
+    # ---- the loop: one train_step (or mmse_step) per batch, a report every so often ----
+    monitor = Monitor(['mmse'] if setup.mmse else ['loss_D', 'r1', 'fidelity', 'prior', 'loss_G'], device)
+    ema_params, params = list(nets.G_ema.parameters()), list(nets.G.parameters())
+    step = start_step
+    bar = tqdm(total=args.max_steps, initial=start_step, disable=not master, dynamic_ncols=True)
+    while step < args.max_steps:
+        epoch, skip = divmod(step, steps_per_epoch)
+        sampler.set_epoch(epoch, skip * setup.local_batch)
+        for x0, _ in loader:
+            torch.manual_seed(step_seed(args.seed, rank, step))
+            shared.manual_seed(step_seed(args.seed, world_size, step))
+            x0 = x0.to(device, non_blocking=True, memory_format=memory_format)
+            flip = torch.rand(x0.shape[0], 1, 1, 1, device=device) < 0.5          # random horizontal flip
+            x0 = torch.where(flip, x0.flip(3), x0)
+            if setup.mmse:
+                terms = mmse_step(G_train, nets.opt_G, x0, setup.schedule, autocast=autocast)
+            else:
+                terms = train_step(G_train, critic_views, nets.opt_G, nets.opt_D, x0, setup.schedule, nets.critic,
+                                   nets.prior, step, args.lam, setup.nz, args.posterior, shared=shared,
+                                   autocast=autocast)
+                nets.sched_D.step()
+            nets.sched_G.step()
+            models.ema_update(ema_params, params, args.ema_decay)
+            step += 1
+            monitor.add(terms, step)
+            bar.update(1)
+            report(step, args, monitor, nets, setup, run, meta, config, steps_per_epoch, bar, master, device)
+            if step >= args.max_steps:
+                break
+    bar.close()
+    if master:
+        print(f'done: step {step}, checkpoints in {run.ckpt_dir}')
+
+
+def report(step, args, monitor, nets, setup, run, meta, config, steps_per_epoch, bar, master, device):
+    """At log, sample and checkpoint steps: average the terms over ranks and stop on NaN/inf (losses,
+    and the weights before a save); then log, write an EMA sample grid, save a checkpoint."""
+    log_now = step % args.log_every == 0 or step == args.max_steps
+    save_now = step % args.ckpt_every == 0 or step == args.max_steps
+    sample_now = step % args.sample_every == 0
+    if not (log_now or save_now or sample_now):
+        return
+    mean, bad = monitor.reduce()
+    stop_if_bad(bad, step, run, nets if save_now else None)
+    if log_now:
+        elapsed = time.time() - monitor.since
+        record = dict(step=step, epoch=step // steps_per_epoch, **mean, lr_G=nets.opt_G.param_groups[0]['lr'],
+                      **({} if setup.mmse else dict(lr_D=nets.opt_D.param_groups[0]['lr'])),
+                      img_per_s=monitor.count * args.batch_size / elapsed,
+                      mem_GB=(torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else
+                              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30)
+        monitor.reset()
+        if master:
+            run.log(record)
+            bar.set_postfix(mmse=f'{mean["mmse"]:.1f}') if setup.mmse else bar.set_postfix(
+                D=f'{mean["loss_D"]:.3f}', fid=f'{mean["fidelity"]:.1f}', prior=f'{mean["prior"]:.3f}')
+    if master and sample_now:
+        shape = (args.n_samples, setup.channels, setup.image_size, setup.image_size)
+        grid = sample_rgm(nets.G_ema, setup.schedule, shape, setup.nz, device=device, posterior=args.posterior,
+                          generator=torch.Generator(device).manual_seed(args.seed))
+        torchvision.utils.save_image((grid + 1) / 2, os.path.join(run.out, 'samples', f'{step:08d}.png'),
+                                     nrow=int(math.sqrt(args.n_samples)))
+    if master and save_now:
+        run.save(dict(format=models.CKPT_FORMAT, G_kwargs=setup.G_kwargs, D_kwargs=setup.D_kwargs, meta=meta,
+                      **nets.state_dicts(), step=step, epoch=step // steps_per_epoch, config=config),
+                 step, args.keep_ckpts)
 
 
 def main(args):
     """One process, or one of torchrun's (RANK in the environment); leaves the process group at the end."""
-    if args.device.startswith('cuda') and not torch.cuda.is_available():
-        raise RuntimeError(f'--device {args.device}, but torch sees no GPU: use --device cpu')
-    rank, world_size, device = 0, 1, torch.device(args.device)
-    if 'RANK' in os.environ:
-        rank, world_size, device = init_distributed(device)
+    rank, world_size, device = cli.init_distributed(args.device)
     if rank:
         warnings.simplefilter('ignore')                 # the other ranks' warnings repeat rank 0's
     try:
@@ -440,264 +786,13 @@ def main(args):
             dist.destroy_process_group()
 
 
-def train(args, rank, world_size, device):
-    """The training run, in phases: configuration, run directory, data, networks, resume, loop."""
-    master = rank == 0                                  # rank 0 alone prints and writes
-    # ---- configuration ----
-    net = models.CONFIGS[args.net]
-    image_size = args.image_size or net['G']['image_size']
-    G_kwargs = {key: list(v) if isinstance(v, tuple) else v for key, v in net['G'].items()}
-    G_kwargs.update(image_size=image_size, nz=G_kwargs['nz'] if args.nz is None else args.nz)
-    D_kwargs = {key: list(v) if isinstance(v, tuple) else v for key, v in net['D'].items()}
-    D_kwargs.update(image_size=image_size)
-    mmse = args.prior == 'mmse'
-    if mmse:                            # the MMSE restorer E[x0 | x_{k+1}] has no z and no discriminator
-        if args.nz:
-            raise ValueError(f'--prior mmse trains G without a latent z: drop --nz {args.nz} (or give --nz 0)')
-        if args.posterior:
-            raise ValueError('--prior mmse is sampled with Algorithm 3 only: drop --posterior')
-        G_kwargs['nz'], D_kwargs = 0, None
-    nz, channels = G_kwargs['nz'], G_kwargs.get('in_channels', 3)
-    if nz < 0:
-        raise ValueError(f'--nz must be >= 0 (0 = no latent z), got {nz}')
-    schedule = make_schedule(args.schedule, args.K, args.discretisation)
-    schedule.check_shape((1, channels, image_size, image_size))
-    schedule.to(device)                                 # tables beside the data: no copies in the loop
-    if args.posterior and args.schedule != 'd':
-        raise ValueError(f'--posterior (Algorithm 1) exists for the denoising process d only, not {args.schedule!r}')
-    local_batch = split_batch(args.batch_size, world_size, 1 if mmse else D_kwargs.get('group_size', 4))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    # ---- run directory: new, resumed by --resume, or resumed after a torchrun restart ----
-    ckpt_dir = os.path.join(args.out, 'checkpoints')
-    restart = torch.tensor(int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)), device=device)
-    if dist.is_initialized():           # torchrun counts restarts per node: take the largest count
-        dist.all_reduce(restart, op=dist.ReduceOp.MAX)
-    restarted = int(restart) > 0
-    found = checkpoints(ckpt_dir)
-    if args.resume or restarted:
-        if not found:
-            raise FileNotFoundError(f'--resume: no checkpoint under {ckpt_dir}')
-        resume_path = found[max(found)]
-        if args.resume not in (None, 'latest'):        # --resume PATH: an earlier checkpoint of this run
-            if os.path.realpath(args.resume) not in {os.path.realpath(p) for p in found.values()}:
-                raise FileNotFoundError(f'--resume {args.resume}: not one of the checkpoints of {args.out} '
-                                        f'({", ".join(sorted(os.path.basename(p) for p in found.values()))})')
-            resume_path = args.resume if not restarted else resume_path
-    else:
-        if found and not args.overwrite:
-            raise FileExistsError(f'{args.out} already holds checkpoints: pass --resume to continue that run, '
-                                  '--overwrite to start over in it, or choose another --out')
-        data.prepare_out(args.out, RUN_FILES, args.overwrite, 'training run', remove=master)
-        resume_path = None
-
-    # ---- data ----
-    if master and args.dataset in ('cifar10', 'fashion_mnist'):
-        build_dataset(args.dataset, args.data_dir, image_size)                     # download once
-    if dist.is_initialized():
-        dist.barrier()
-    dataset = build_dataset(args.dataset, args.data_dir, image_size, args.fake_size, download=False)
-    if isinstance(dataset, ImageFiles):
-        check_folder(dataset, args.check_images, args.skip_bad_images, master)
-    steps_per_epoch = len(dataset) // args.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f'the data set has {len(dataset)} images, fewer than one --batch-size {args.batch_size}')
-    sampler = EpochSampler(torch.utils.data.DistributedSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed, drop_last=True))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=local_batch, sampler=sampler, drop_last=True,
-                                         num_workers=args.workers, pin_memory=device.type == 'cuda',
-                                         persistent_workers=args.workers > 0)
-
-    # ---- networks, identical on every rank ----
-    torch.manual_seed(args.seed)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    G = models.NCSNpp(**G_kwargs).to(device, memory_format=memory_format)
-    G_ema = copy.deepcopy(G).requires_grad_(False).eval()              # EMA: a separate model
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_G, betas=ADAM_BETAS)
-    sched_G = torch.optim.lr_scheduler.LambdaLR(opt_G, cosine_lr(args.lr_G, args.lr_min, args.lr_tmax, steps_per_epoch))
-    D = opt_D = sched_D = critic = prior = transform = None
-    if not mmse:
-        D = models.Discriminator(**D_kwargs).to(device, memory_format=memory_format)
-        opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_D, betas=ADAM_BETAS)
-        sched_D = torch.optim.lr_scheduler.LambdaLR(opt_D, cosine_lr(args.lr_D, args.lr_min, args.lr_tmax, steps_per_epoch))
-        critic = losses.KLD(r1_gamma=args.r1_gamma, lazy_reg=args.lazy_reg)
-        prior = make_prior(args.prior, critic, D_kwargs['channels'] * D_kwargs['ch_mult'][-1] * 16, device,
-                           args.mmd_bandwidths, args.dswd_projections, args.dswd_steps, args.lr_D)
-        transform = prior.transform if args.prior == 'dswd' else None
-    meta = dict(schedule=args.schedule, K=args.K, discretisation=args.discretisation, posterior=args.posterior,
-                nz=nz, image_size=image_size, channels=channels, prior=args.prior, dataset=args.dataset)
-    config = dict(vars(args), world_size=world_size, local_batch=local_batch, steps_per_epoch=steps_per_epoch)
-
-    # ---- resume ----
-    start_step = 0
-    if resume_path:
-        try:
-            ckpt = models.load_checkpoint(resume_path)
-        except (RuntimeError, ValueError) as e:
-            others = sorted(p for p in found.values() if p != resume_path)
-            raise RuntimeError(f'{e}. Resume from an earlier checkpoint of the run with --resume PATH'
-                               + (f' (there: {", ".join(others)})' if others else ' (there is none)')) from e
-        check_same_run(ckpt, resume_path, meta, G_kwargs, D_kwargs, args.batch_size)
-        for module, key in [(G, 'G'), (G_ema, 'G_ema'), (D, 'D'), (opt_G, 'opt_G'), (opt_D, 'opt_D'),
-                            (sched_G, 'sched_G'), (sched_D, 'sched_D')]:
-            if module is not None:
-                module.load_state_dict(ckpt[key])
-        if transform is not None:
-            transform.load_state_dict(ckpt['transform'])
-            prior.opt.load_state_dict(ckpt['opt_T'])
-        start_step = ckpt['step']
-        del ckpt
-
-    # ---- wrappers: DDP averages gradients; compiled copies for speed (see Critic for D's three views) ----
-    ddp = functools.partial(DDP, device_ids=[device.index] if device.type == 'cuda' else None)
-    maybe_ddp = ddp if dist.is_initialized() else (lambda net: net)
-    maybe_compile = torch.compile if args.compile else (lambda net: net)
-    G_train = maybe_compile(maybe_ddp(G))
-    if D is not None:
-        D_ddp = maybe_ddp(D)
-        critic_views = Critic(D, train=maybe_compile(D_ddp), r1=D_ddp, frozen=maybe_compile(D))
-    autocast = bf16_autocast(device, args.amp)
-    shared = torch.Generator(device)                    # same draws on every rank
-
-    # ---- run directory and log ----
-    log_path = os.path.join(args.out, 'log.jsonl')
-    if master:
-        os.makedirs(os.path.join(args.out, 'samples'), exist_ok=True)
-        os.makedirs(ckpt_dir, exist_ok=True)
-        for tmp in glob.glob(os.path.join(ckpt_dir, '.tmp-*')):      # left by a save that was killed
-            os.remove(tmp)
-        newer = [path for step_, path in found.items() if start_step and step_ > start_step]
-        if newer:               # --resume PATH went back: keep the later checkpoints aside, not in the way
-            aside = os.path.join(ckpt_dir, f'superseded_from_{start_step:08d}')
-            os.makedirs(aside, exist_ok=True)
-            for path in newer:
-                os.replace(path, os.path.join(aside, os.path.basename(path)))
-            print(f'--resume {resume_path}: moved {len(newer)} later checkpoint(s) to {aside}')
-        with open(os.path.join(args.out, 'config.json'), 'w') as f:
-            json.dump(dict(config, G_kwargs=G_kwargs, D_kwargs=D_kwargs, meta=meta), f, indent=2)
-        records = []
-        if start_step and os.path.exists(log_path):     # keep the records up to the checkpoint; a line
-            with open(log_path) as f:                   # cut by a crash (no newline) is past it
-                records = [line for line in f if line.endswith('\n') and json.loads(line).get('step', 0) <= start_step]
-        with open(log_path, 'w') as f:
-            f.writelines(records)
-            f.write(json.dumps(dict(event='resume' if start_step else 'start', step=start_step,
-                                    world_size=world_size, checkpoint=resume_path,
-                                    restart=int(restart))) + '\n')
-        millions = [sum(p.numel() for p in net.parameters()) / 1e6 if net is not None else 0 for net in (G, D)]
-        print(f'{"resuming " + resume_path if start_step else "new run"}: {world_size} process(es) on '
-              f'{device.type}, {torch.get_num_threads()} thread(s), global batch {args.batch_size}, '
-              f'{steps_per_epoch} steps per epoch, G {millions[0]:.2f}M, D {millions[1]:.2f}M parameters'
-              + (' (MMSE baseline: no D)' if mmse else ''))
-
-    def save_checkpoint(step):
-        ckpt = dict(format=models.CKPT_FORMAT, G_kwargs=G_kwargs, D_kwargs=D_kwargs, meta=meta,
-                    G=G.state_dict(), G_ema=G_ema.state_dict(), D=D and D.state_dict(),
-                    opt_G=opt_G.state_dict(), opt_D=opt_D and opt_D.state_dict(),
-                    sched_G=sched_G.state_dict(), sched_D=sched_D and sched_D.state_dict(),
-                    step=step, epoch=step // steps_per_epoch, config=config)
-        if transform is not None:
-            ckpt.update(transform=transform.state_dict(), opt_T=prior.opt.state_dict())
-        models.save_checkpoint(ckpt, os.path.join(ckpt_dir, f'ckpt_{step:08d}.pt'))
-        found = checkpoints(ckpt_dir)
-        for old in sorted(found)[:-args.keep_ckpts] if args.keep_ckpts > 0 else []:
-            os.remove(found[old])
-
-    # ---- training loop ----
-    # The loss terms are summed on the device and read (averaged over ranks, checked for NaN/inf)
-    # only at a log, sample or checkpoint step: no device sync in between, and nothing is saved
-    # after a non-finite value.
-    names = ['mmse'] if mmse else ['loss_D', 'r1', 'fidelity', 'prior', 'loss_G']
-    step, sums, n_sums, t_log = start_step, torch.zeros(len(names), device=device), 0, time.time()
-    never = 2**62
-    first_bad = torch.full((len(names),), never, device=device)        # first step each term was NaN/inf
-    ema_params, params = list(G_ema.parameters()), list(G.parameters())
-    bar = tqdm(total=args.max_steps, initial=start_step, disable=not master, dynamic_ncols=True)
-    while step < args.max_steps:
-        epoch, skip = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch, skip * local_batch)
-        for x0, _ in loader:
-            torch.manual_seed(step_seed(args.seed, rank, step))
-            shared.manual_seed(step_seed(args.seed, world_size, step))
-            x0 = x0.to(device, non_blocking=True, memory_format=memory_format)
-            flip = torch.rand(x0.shape[0], 1, 1, 1, device=device) < 0.5          # random horizontal flip
-            x0 = torch.where(flip, x0.flip(3), x0)
-            if mmse:
-                terms = mmse_step(G_train, opt_G, x0, schedule, autocast=autocast)
-            else:
-                terms = train_step(G_train, critic_views, opt_G, opt_D, x0, schedule, critic, prior, step, args.lam,
-                                   nz, args.posterior, shared=shared, autocast=autocast)
-                sched_D.step()
-            sched_G.step()
-            models.ema_update(ema_params, params, args.ema_decay)
-            step += 1
-            terms = torch.stack([terms[name] for name in names]).float()
-            sums += terms
-            first_bad = torch.where(torch.isfinite(terms), first_bad, first_bad.clamp(max=step))
-            n_sums += 1
-            bar.update(1)
-
-            log_now = step % args.log_every == 0 or step == args.max_steps
-            save_now = step % args.ckpt_every == 0 or step == args.max_steps
-            sample_now = step % args.sample_every == 0
-            if not (log_now or save_now or sample_now):
-                continue
-            # Average over ranks, and stop on NaN/inf before anything is saved.
-            mean = sums / n_sums
-            if dist.is_initialized():
-                dist.all_reduce(mean)
-                mean /= world_size
-                dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
-            mean, bad_at = mean.tolist(), first_bad.tolist()
-            if min(bad_at) < never:
-                bad = ', '.join(f'{name} from step {at}' for name, at in sorted(zip(names, bad_at), key=lambda p: p[1])
-                                if at < never)
-                last = checkpoints(ckpt_dir)
-                raise FloatingPointError(f'non-finite {bad} (checked at step {step}): stopping. The last good '
-                                         f'checkpoint is {last[max(last)] if last else "none (none was written)"}')
-            if log_now:
-                elapsed, t_log = time.time() - t_log, time.time()
-                record = dict(step=step, epoch=step // steps_per_epoch, **dict(zip(names, mean)),
-                              lr_G=opt_G.param_groups[0]['lr'],
-                              **({} if mmse else dict(lr_D=opt_D.param_groups[0]['lr'])),
-                              img_per_s=n_sums * args.batch_size / elapsed,
-                              mem_GB=(torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else
-                                      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30)
-                sums, n_sums = torch.zeros_like(sums), 0
-                if master:
-                    with open(log_path, 'a') as f:
-                        f.write(json.dumps(record) + '\n')
-                    bar.set_postfix(mmse=f'{record["mmse"]:.1f}') if mmse else bar.set_postfix(
-                        D=f'{record["loss_D"]:.3f}', fid=f'{record["fidelity"]:.1f}', prior=f'{record["prior"]:.3f}')
-            if master and sample_now:
-                grid = sample_rgm(G_ema, schedule, (args.n_samples, channels, image_size, image_size), nz, device=device,
-                                  posterior=args.posterior, generator=torch.Generator(device).manual_seed(args.seed))
-                path = os.path.join(args.out, 'samples', f'{step:08d}.png')
-                torchvision.utils.save_image((grid + 1) / 2, path, nrow=int(math.sqrt(args.n_samples)))
-            if master and save_now:
-                save_checkpoint(step)
-            if step >= args.max_steps:
-                break
-    bar.close()
-    if master:
-        print(f'done: step {step}, checkpoints in {ckpt_dir}')
-
-
-def unit_interval(text):
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f'must be in [0, 1), got {text}')
-    return value
-
-
 def parse_args(argv=None):
     """Flags; a --preset sets the defaults, and flags given explicitly override them."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--preset', choices=sorted(PRESETS), help='paper settings (any flag overrides them): '
                    + '; '.join(f'{name}: {s}' for name, s in PRESETS.items()))
     g = p.add_argument_group('data')
-    g.add_argument('--dataset', default='cifar10', choices=DATASETS,
+    g.add_argument('--dataset', default='cifar10', choices=data.DATASETS,
                    help='cifar10 (downloaded into --data-dir), celeba_hq (a folder of images; the authors '
                         'trained on those of CelebA\'s train partition), lsun_church '
                         '(--data-dir holds church_outdoor_train_lmdb; needs `pip install lmdb`), folder (any '
@@ -705,36 +800,36 @@ def parse_args(argv=None):
                         'its IDX files in --data-dir, /usr/share/datasets/fashion-mnist, or downloaded), fake '
                         '(random images, for tests)')
     g.add_argument('--data-dir', default='data')
-    g.add_argument('--image-size', type=data.positive_int, default=None, help='resize + center crop to this side (default: --net\'s)')
-    g.add_argument('--fake-size', type=data.positive_int, default=64, help='number of images of --dataset fake')
+    g.add_argument('--image-size', type=cli.positive_int, default=None, help='resize + center crop to this side (default: --net\'s)')
+    g.add_argument('--fake-size', type=cli.positive_int, default=64, help='number of images of --dataset fake')
     g.add_argument('--check-images', default='auto', choices=['auto', 'all', 'none'],
                    help=f'folder data sets: decode every file before training (auto: folders of up to '
                         f'{CHECK_AUTO_MAX} files)')
     g.add_argument('--skip-bad-images', action='store_true', help='train without the files the check cannot read')
-    g.add_argument('--workers', type=data.nonnegative_int, default=4, help='data loading processes per rank')
+    g.add_argument('--workers', type=cli.nonnegative_int, default=4, help='data loading processes per rank')
     g = p.add_argument_group('model')
     g.add_argument('--net', default='cifar10', choices=sorted(models.CONFIGS), help='network sizes (models.CONFIGS)')
     g.add_argument('--schedule', default='d', choices=sorted(SCHEDULES), help='forward process: d, sr_naive, sr')
-    g.add_argument('--K', type=data.positive_int, default=4, help='degradation steps = NFE (1 = the single-step ablation)')
+    g.add_argument('--K', type=cli.positive_int, default=4, help='degradation steps = NFE (1 = the single-step ablation)')
     g.add_argument('--discretisation', default='original', choices=['original', 'square', 'geometric'])
     g.add_argument('--posterior', action='store_true', help='Algorithm 1 (posterior sampling, d only)')
     g.add_argument('--prior', default='kld', choices=PRIOR_CHOICES,
                    help='kld, mmd, dswd (RGM), or mmse: the MMSE baseline ||G(x_{k+1}, k) - x0||^2, no z, no D')
     g.add_argument('--nz', type=int, default=None, help='latent dimension (default: --net\'s; 0 = no z)')
-    g.add_argument('--lam', type=data.nonnegative_float, default=1e-3, help='fidelity weight lambda (0 = no fidelity)')
+    g.add_argument('--lam', type=cli.nonnegative_float, default=1e-3, help='fidelity weight lambda (0 = no fidelity)')
     g.add_argument('--mmd-bandwidths', type=float, nargs='+', default=[1.0, 2.0, 4.0, 8.0, 16.0])
-    g.add_argument('--dswd-projections', type=data.positive_int, default=1000)
-    g.add_argument('--dswd-steps', type=data.positive_int, default=10, help='inner steps that fit the DSWD directions')
+    g.add_argument('--dswd-projections', type=cli.positive_int, default=1000)
+    g.add_argument('--dswd-steps', type=cli.positive_int, default=10, help='inner steps that fit the DSWD directions')
     g = p.add_argument_group('optimisation')
-    g.add_argument('--batch-size', type=data.positive_int, default=256, help='global batch, split over the processes')
-    g.add_argument('--lr-G', type=data.positive_float, default=1.6e-4)
-    g.add_argument('--lr-D', type=data.positive_float, default=1e-4, help='also the TransformNet\'s (DSWD)')
-    g.add_argument('--lr-tmax', type=data.nonnegative_int, default=1800, help='cosine decay length in epochs (0 = constant lr)')
-    g.add_argument('--lr-min', type=data.nonnegative_float, default=1e-5)
-    g.add_argument('--r1-gamma', type=data.nonnegative_float, default=0.02)
-    g.add_argument('--lazy-reg', type=data.positive_int, default=15, help='R1 every this many steps')
-    g.add_argument('--ema-decay', type=unit_interval, default=0.9999)
-    g.add_argument('--max-steps', type=data.positive_int, default=200_000)
+    g.add_argument('--batch-size', type=cli.positive_int, default=256, help='global batch, split over the processes')
+    g.add_argument('--lr-G', type=cli.positive_float, default=1.6e-4)
+    g.add_argument('--lr-D', type=cli.positive_float, default=1e-4, help='also the TransformNet\'s (DSWD)')
+    g.add_argument('--lr-tmax', type=cli.nonnegative_int, default=1800, help='cosine decay length in epochs (0 = constant lr)')
+    g.add_argument('--lr-min', type=cli.nonnegative_float, default=1e-5)
+    g.add_argument('--r1-gamma', type=cli.nonnegative_float, default=0.02)
+    g.add_argument('--lazy-reg', type=cli.positive_int, default=15, help='R1 every this many steps')
+    g.add_argument('--ema-decay', type=cli.decay_rate, default=0.9999)
+    g.add_argument('--max-steps', type=cli.positive_int, default=200_000)
     g.add_argument('--amp', action='store_true', help='bfloat16 autocast')
     g.add_argument('--channels-last', action='store_true')
     g.add_argument('--compile', action='store_true', help='torch.compile G and D')
@@ -745,13 +840,13 @@ def parse_args(argv=None):
     g.add_argument('--overwrite', action='store_true',
                    help='start a new run in an --out that already holds one (its config, log, samples and '
                         'checkpoints are deleted first)')
-    g.add_argument('--ckpt-every', type=data.positive_int, default=5000)
-    g.add_argument('--keep-ckpts', type=data.nonnegative_int, default=3, help='checkpoints kept (the latest; 0 = all)')
-    g.add_argument('--sample-every', type=data.positive_int, default=5000)
-    g.add_argument('--n-samples', type=data.positive_int, default=64, help='images in each EMA sample grid')
-    g.add_argument('--log-every', type=data.positive_int, default=100)
-    g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    g.add_argument('--threads', type=data.nonnegative_int, default=0, help='CPU threads per process (0 = torch\'s default)')
+    g.add_argument('--ckpt-every', type=cli.positive_int, default=5000)
+    g.add_argument('--keep-ckpts', type=cli.nonnegative_int, default=3, help='checkpoints kept (the latest; 0 = all)')
+    g.add_argument('--sample-every', type=cli.positive_int, default=5000)
+    g.add_argument('--n-samples', type=cli.positive_int, default=64, help='images in each EMA sample grid')
+    g.add_argument('--log-every', type=cli.positive_int, default=100)
+    g.add_argument('--device', default=cli.DEFAULT_DEVICE)
+    g.add_argument('--threads', type=cli.nonnegative_int, default=0, help='CPU threads per process (0 = torch\'s default)')
     g.add_argument('--seed', type=int, default=0)
     preset = p.parse_known_args(argv)[0].preset
     if preset:

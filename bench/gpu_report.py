@@ -58,7 +58,7 @@ def section_tests(args):
 
 def section_models(args):
     # models.py times on the GPU when there is one; --configs cifar10 celeba256 would add the 256 px network
-    code, out = run([sys.executable, 'models.py'] + (['--configs', 'tiny'] if args.quick else []), 300)
+    code, out = run([sys.executable, 'bench/models.py'] + (['--configs', 'tiny'] if args.quick else []), 300)
     print(f'exit {code}\n```\n{tail(out, 20)}\n```')
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import cli
 import data
 import models
 import pnp
@@ -138,7 +139,7 @@ def test_pnp_refuses_inputs_with_the_same_file_name(ckpt, tmp_path):
 
 
 def test_json_never_holds_nan_or_infinity(tmp_path):
-    data.write_json(tmp_path / 'x.json', dict(psnr=float('inf'), ssim=[1.0, float('nan')]))
+    cli.write_json(tmp_path / 'x.json', dict(psnr=float('inf'), ssim=[1.0, float('nan')]))
     assert json.loads((tmp_path / 'x.json').read_text(), parse_constant=pytest.fail) == dict(psnr=None, ssim=[1.0, None])
 
 
@@ -150,7 +151,7 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     assert Image.open(tmp_path / 'deep.png').mode.startswith('I')
     im = np.asarray(data.open_image(tmp_path / 'deep.png'), np.float64)
     assert im.mean() == pytest.approx(values.mean() * 255 / 65535, abs=0.01)
-    x = pnp.pil_to_model(data.open_image(tmp_path / 'deep.png'))
+    x = data.to_model(data.open_image(tmp_path / 'deep.png'))
     assert x.shape == (1, 32, 32) and x.mean().item() == pytest.approx(values.mean() / 65535 * 2 - 1, abs=2e-3)
 
 
@@ -259,7 +260,7 @@ def test_cifar10_offline_says_where_to_put_the_archive(tmp_path, monkeypatch, ck
         raise urllib.error.URLError('no network')
     monkeypatch.setattr(torchvision.datasets, 'CIFAR10', offline)
     with pytest.raises(RuntimeError, match='cifar-10-python.tar.gz'):
-        ti.build_dataset('cifar10', str(tmp_path), 32)
+        data.build_dataset('cifar10', str(tmp_path), 32)
     with pytest.raises(RuntimeError, match='cifar-10-python.tar.gz'):
         pnp.main(pnp.build_parser().parse_args(['--task', 'sr2', '--ckpt', str(ckpt), '--no-ema', '--dataset', 'cifar10',
                                                 '--data-dir', str(tmp_path), '--out', str(tmp_path / 'o')]))

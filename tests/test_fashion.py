@@ -242,12 +242,11 @@ def test_pnp_restores_fashion_test_images(fashion_runs):
     assert not (tmp / 'pnp_color').exists()
 
 
-def test_tune_pnp_ranks_settings_on_training_images(fashion_runs, capsys):
-    import tune_pnp
+def test_pnp_tune_ranks_settings_on_training_images(fashion_runs, capsys):
     tmp, folder, runs = fashion_runs
-    args = argparse.Namespace(ckpt=str(runs['kld']), dataset='fashion_mnist', data_dir=str(folder), tasks=['sr2'],
-                              n=4, sigma_y=25.0, M=[1, 2], lam=[0.1, 1.0], alpha=[0.5], show=4, device='cpu', seed=0)
-    tune_pnp.main(args)
+    pnp.main(pnp.build_parser().parse_args([
+        '--tune', '--ckpt', str(runs['kld']), '--dataset', 'fashion_mnist', '--data-dir', str(folder), '--task', 'sr2',
+        '--n', '4', '--M', '1', '2', '--lam', '0.1', '1.0', '--alpha', '0.5', '--show', '4', '--device', 'cpu']))
     out = capsys.readouterr().out
     rows = [line.split('|') for line in out.splitlines() if line.startswith('| ') and line[2].isdigit()]
     psnrs = [float(r[4]) for r in rows]

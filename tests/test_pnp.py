@@ -385,7 +385,7 @@ def tiny(monkeypatch):
     torch.manual_seed(0)
     G = models.NCSNpp(**models.CONFIGS['tiny']['G']).eval()
     meta = dict(schedule='d', K=4, discretisation='original', nz=8, image_size=32, channels=3, posterior=False)
-    monkeypatch.setattr(pnp, 'load_model', lambda *args, **kwargs: (G, meta))
+    monkeypatch.setattr(pnp.cli, 'load_generator', lambda *args, **kwargs: (G, meta))
     return G
 
 
@@ -463,7 +463,7 @@ def test_authors_generator_loads_through_the_converter(tmp_path):
     """The --authors-config path: the authors' tiny generator (stored fixture) gives their output."""
     fixture = torch.load(parity_fixture_path(), weights_only=True)
     torch.save(fixture['G_state_dict'], tmp_path / 'netG.pth')
-    G, meta = pnp.load_model(tmp_path / 'netG.pth', authors_config='tiny', schedule='d', K=4)
+    G, meta = models.open_generator(tmp_path / 'netG.pth', authors_config='tiny', schedule='d', K=4)
     inputs = fixture['G_inputs']
     with torch.no_grad():
         assert torch.allclose(G(inputs['x'], inputs['t'], inputs['z']), fixture['G_output'], atol=1e-5)

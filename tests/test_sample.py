@@ -15,6 +15,7 @@ import torch_fidelity
 from PIL import Image
 
 from conftest import parity_fixture_path
+import metrics
 import models
 import sample
 from schedules import make_schedule, sample_rgm
@@ -107,8 +108,8 @@ def test_checkpoint_samples_with_right_shape_range_and_lossless_files(ckpt, tmp_
 
 
 def test_ema_and_raw_weights_and_posterior_flag_change_the_samples(ckpt):
-    G_ema, meta = sample.load_model(str(ckpt))
-    G_raw, _ = sample.load_model(str(ckpt), ema=False)
+    G_ema, meta = models.open_generator(str(ckpt))
+    G_raw, _ = models.open_generator(str(ckpt), ema=False)
     schedule = make_schedule('d', 4)
     a = sample.generate(G_ema, schedule, meta, 2, 2)
     assert torch.equal(a, sample.generate(_tiny_G()[0], schedule, meta, 2, 2))        # the EMA weights by default
@@ -139,7 +140,7 @@ def test_authors_generator_file_is_converted_and_samples(tmp_path):
     parity = torch.load(parity_fixture_path(), weights_only=True)
     netG = tmp_path / 'netG_1200.pth'           # as DataParallel saves it
     torch.save({f'module.{k}': v for k, v in parity['G_state_dict'].items()}, netG)
-    G, meta = sample.load_model(str(netG), authors_config='tiny')
+    G, meta = models.open_generator(str(netG), authors_config='tiny')
     assert (meta['schedule'], meta['K'], meta['discretisation'], meta['nz']) == ('d', 4, 'original', 8)
     x, k, z = parity['G_inputs']['x'], parity['G_inputs']['t'], parity['G_inputs']['z']
     with torch.no_grad():
@@ -152,7 +153,7 @@ def test_authors_generator_file_is_converted_and_samples(tmp_path):
     ours = tmp_path / 'ours.pt'
     models.save_checkpoint(dict(format=models.CKPT_FORMAT, G_kwargs={}, meta={}, G_ema={}), ours)
     with pytest.raises(ValueError, match='one of our checkpoints'):
-        sample.load_model(str(ours), authors_config='tiny')
+        models.open_generator(str(ours), authors_config='tiny')
 
 
 # ---- figures ------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ class LinearFeatures(torch_fidelity.FeatureExtractorBase):
 def metrics():
     if 'rgm-test-linear' not in torch_fidelity.registry.FEATURE_EXTRACTORS_REGISTRY:
         torch_fidelity.register_feature_extractor('rgm-test-linear', LinearFeatures)
-    return lambda images, reference=None, **kw: sample.fidelity_metrics(
+    return lambda images, reference=None, **kw: metrics.fidelity_metrics(
         images, reference, feature_extractor='rgm-test-linear', **kw)
 
 
@@ -269,22 +270,22 @@ def test_inception_score_closed_forms(metrics):
 def test_missing_inception_weights_say_which_file_and_where(tmp_path, monkeypatch):
     name = 'weights-inception-2015-12-05-6726825d.pth'
     with pytest.raises(FileNotFoundError, match=name):
-        sample.inception_weights(str(tmp_path / 'absent.pth'))
+        metrics.inception_weights(str(tmp_path / 'absent.pth'))
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
 
     def offline(url, dst, *args, **kwargs):
         raise urllib.error.URLError('no internet')
     monkeypatch.setattr(torch.hub, 'download_url_to_file', offline)
     with pytest.raises(RuntimeError, match=str(tmp_path / 'hub' / 'checkpoints' / name)):
-        sample.inception_weights()
+        metrics.inception_weights()
     (tmp_path / 'hub' / 'checkpoints' / name).write_bytes(b'')
-    assert sample.inception_weights() == str(tmp_path / 'hub' / 'checkpoints' / name)
+    assert metrics.inception_weights() == str(tmp_path / 'hub' / 'checkpoints' / name)
 
 
 def test_cli_caches_the_reference_once_and_writes_fid_and_is(ckpt, tmp_path, monkeypatch):
     """The --fid --is path of main() with the linear extractor standing in for Inception."""
     monkeypatch.setitem(torch_fidelity.registry.FEATURE_EXTRACTORS_REGISTRY, 'inception-v3-compat', LinearFeatures)
-    monkeypatch.setattr(sample, 'inception_weights', lambda path=None: 'unused')
+    monkeypatch.setattr(metrics, 'inception_weights', lambda path=None: 'unused')
     (tmp_path / 'ref').mkdir()
     g = torch.Generator().manual_seed(6)
     for i in range(12):
@@ -298,11 +299,11 @@ def test_cli_caches_the_reference_once_and_writes_fid_and_is(ckpt, tmp_path, mon
     _run(argv + ['--out', str(tmp_path / 'b')])
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / 'cache').iterdir()} == cached    # read, not rewritten
     a, b = (json.loads((tmp_path / d / 'metrics.json').read_text()) for d in 'ab')
-    G, _ = sample.load_model(str(ckpt))
+    G, _ = models.open_generator(str(ckpt))
     images = sample.generate(G, make_schedule('d', 4), META, 10, 5)               # the same samples, scored directly
     ref = torch.stack([torch.from_numpy(np.array(Image.open(tmp_path / 'ref' / f'{i}.png'))).permute(2, 0, 1)
                        for i in range(12)])
-    direct = sample.fidelity_metrics(images, ref, isc=True)
+    direct = metrics.fidelity_metrics(images, ref, isc=True)
     assert a['fid'] == b['fid'] == pytest.approx(direct['fid'], rel=1e-9) and a['fid'] > 0
     assert a['is_mean'] == pytest.approx(direct['is_mean'], rel=1e-9)
     assert a['nfe'] == 4 and a['n'] == 10 and a['reference_is'] > 1 and a['images_per_second'] > 0

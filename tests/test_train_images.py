@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+import data
 import losses
 import models
 import train_images as ti
@@ -177,11 +178,25 @@ def test_folder_images_are_read_recursively_into_minus_one_one(tmp_path):
     Image.fromarray(pixels).save(tmp_path / 'class_a' / 'x.png')
     Image.fromarray(pixels).convert('L').save(tmp_path / 'gray.PNG')
     (tmp_path / 'notes.txt').write_text('not an image')
-    data = ti.build_dataset('folder', str(tmp_path), 16)
-    assert len(data) == 2
-    x, _ = data[[Path(f).name for f in data.files].index('x.png')]
+    images = data.build_dataset('folder', str(tmp_path), 16)
+    assert len(images) == 2
+    x, _ = images[[Path(f).name for f in images.files].index('x.png')]
     torch.testing.assert_close(x, torch.tensor([-1.0, 51 / 255 * 2 - 1, 1.0])[:, None, None].expand(3, 16, 16))
-    assert data[0][0].shape == data[1][0].shape == (3, 16, 16)
+    assert images[0][0].shape == images[1][0].shape == (3, 16, 16)
+
+
+def test_folder_counts_each_file_once_through_symbolic_link_loops(tmp_path):
+    """A link back to a parent folder (a loop) and a second link to a subfolder must not make the same
+    images count again (which would also bend the per-epoch learning-rate schedule)."""
+    (tmp_path / 'a' / 'b').mkdir(parents=True)
+    for i, folder in enumerate([tmp_path, tmp_path / 'a', tmp_path / 'a' / 'b']):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / f'img{i}.png')
+    (tmp_path / 'a' / 'b' / 'loop').symlink_to(tmp_path, target_is_directory=True)     # b/loop -> root
+    (tmp_path / 'again').symlink_to(tmp_path / 'a', target_is_directory=True)           # a second path to a
+    (tmp_path / 'a' / 'same.png').symlink_to(tmp_path / 'img0.png')                     # a second path to a file
+    files = data.list_images(str(tmp_path))
+    assert sorted(Path(f).name for f in files) == ['img0.png', 'img1.png', 'img2.png']
+    assert len(data.build_dataset('folder', str(tmp_path), 8)) == 3
 
 
 # ---- runs ----------------------------------------------------------------------

@@ -24,10 +24,10 @@ def device(request):
 
 
 def parity_fixture_path():
-    """The authors' tiny networks with their outputs (tests/fixtures/README.md). A 4 MB binary, so it is
-    not in git: put it at tests/fixtures/authors_parity_tiny.pt or name it in $RGM_PARITY_FIXTURE;
-    the parity tests skip without it."""
+    """The authors' tiny networks with their outputs (tests/fixtures/README.md). The 1 MB copy in git
+    holds the two discriminators; the full 4 MB file, with the generator, can be named by
+    $RGM_PARITY_FIXTURE (the generator's parity test skips without it)."""
     path = Path(os.environ.get('RGM_PARITY_FIXTURE', Path(__file__).parent / 'fixtures' / 'authors_parity_tiny.pt'))
     if not path.is_file():
-        pytest.skip(f'{path} is absent: the parity fixture is not in git (tests/fixtures/README.md)')
+        pytest.skip(f'{path} is absent (tests/fixtures/README.md)')
     return path

@@ -275,3 +275,117 @@ def test_pnp_denoises_an_observed_noisy_image_without_sigma(ckpt, tmp_path):
     with pytest.raises(ValueError, match='restored as they are'):
         pnp.main(pnp.build_parser().parse_args(['--task', 'denoise', '--ckpt', str(ckpt), '--no-ema', '--sigma-y', '25',
                                                 '--observed', str(tmp_path / 'noisy.png'), '--out', str(tmp_path / 'p')]))
+
+
+# ---- trust, round two: no exit 0 with a wrong result, no run folder touched ----------------------
+
+TINY = ['--preset', 'tiny', '--image-size', '16', '--fake-size', '16', '--device', 'cpu']
+
+
+def test_a_second_training_into_the_same_out_is_refused_while_the_first_runs(tmp_path):
+    out = tmp_path / 'run'
+    with ti.out_lock(str(out), master=True):                 # the first run holds the folder
+        with pytest.raises(RuntimeError, match='in use by another training'):
+            ti.main(ti.parse_args(TINY + ['--max-steps', '2', '--out', str(out)]))
+        assert snapshot(out) == {}
+    ti.main(ti.parse_args(TINY + ['--max-steps', '2', '--out', str(out)]))   # released: a run (or resume) starts
+    assert ti.checkpoints(out / 'checkpoints')
+
+
+def test_weights_gone_non_finite_are_not_saved_although_the_losses_were_finite(tmp_path, monkeypatch):
+    real_update = models.ema_update
+
+    def poisoned(ema_params, params, decay):                # the EMA update turns G_ema to NaN
+        real_update(ema_params, params, decay)
+        ema_params[0].data.fill_(float('nan'))
+    monkeypatch.setattr(ti.models, 'ema_update', poisoned)
+    out = tmp_path / 'run'
+    with pytest.raises(FloatingPointError, match=r'weight G_ema\.\S+ .*none \(none was written\)'):
+        ti.main(ti.parse_args(TINY + ['--max-steps', '2', '--ckpt-every', '2', '--out', str(out)]))
+    assert not ti.checkpoints(out / 'checkpoints')
+
+
+@pytest.fixture()
+def nan_ckpt(tmp_path):
+    torch.manual_seed(0)
+    G, _ = models.build_networks('tiny')
+    state = G.state_dict()
+    name = 'conv_in.weight' if 'conv_in.weight' in state else next(k for k, v in state.items() if v.is_floating_point())
+    state[name][0].fill_(float('nan'))
+    path = tmp_path / 'nan.pt'
+    models.save_checkpoint(dict(format=models.CKPT_FORMAT, G_kwargs=dict(models.CONFIGS['tiny']['G']), D_kwargs=None,
+                                meta=dict(META), G=state, G_ema=state), path)
+    return path, name
+
+
+def test_nan_weights_are_refused_by_sample_and_pnp_naming_the_tensor(nan_ckpt, tmp_path):
+    path, name = nan_ckpt
+    with pytest.raises(ValueError, match=f'non-finite weights: {name}'):
+        sample.main(sample.build_parser().parse_args(['--ckpt', str(path), '--n', '2', '--out', str(tmp_path / 's')]))
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / 'x.png')
+    with pytest.raises(ValueError, match=f'non-finite weights: {name}'):
+        pnp.main(pnp.build_parser().parse_args(['--task', 'sr2', '--ckpt', str(path), '--image', str(tmp_path / 'x.png'),
+                                                '--out', str(tmp_path / 'p')]))
+    assert not (tmp_path / 's').exists() and not (tmp_path / 'p').exists()
+
+
+def test_fashion_folder_with_images_but_no_labels_is_refused(tmp_path):
+    (tmp_path / 'train-images-idx3-ubyte').write_bytes(b'\0' * 16)
+    with pytest.raises(FileNotFoundError, match='train labels file'):
+        data.FashionMNIST(str(tmp_path), train=True, download=False)
+
+
+@pytest.mark.parametrize('argv, flag', [(['--net', 'tiny', '--dataset', 'fashion_mnist'], '1-channel images but --net tiny'),
+                                        (['--net', 'fashion', '--dataset', 'fake'], '3-channel images but --net fashion')])
+def test_a_network_of_the_wrong_channel_count_is_refused_before_any_file(argv, flag, tmp_path):
+    out = tmp_path / 'run'
+    with pytest.raises(ValueError, match=flag):
+        ti.main(ti.parse_args(['--preset', 'tiny', '--device', 'cpu', *argv, '--out', str(out)]))
+    assert not out.exists() or snapshot(out) == {}
+
+
+@pytest.mark.parametrize('alpha', ['1e6', '0', '-0.5', '1.01'])
+def test_pnp_alpha_outside_zero_one_fails_at_parsing(alpha, capsys):
+    with pytest.raises(SystemExit):
+        pnp.build_parser().parse_args(['--task', 'sr2', '--ckpt', 'x', '--folder', 'f', '--out', 'o', '--alpha', alpha])
+    assert '(0, 1]' in capsys.readouterr().err
+
+
+def test_pnp_tune_refuses_the_test_split_and_one_value_flags_take_one(capsys):
+    with pytest.raises(ValueError, match='training split only'):
+        pnp.check_args(pnp.build_parser().parse_args(['--tune', '--ckpt', 'x', '--dataset', 'fashion_mnist',
+                                                      '--split', 'test']))
+    with pytest.raises(ValueError, match='a grid of values only with --tune'):
+        pnp.check_args(pnp.build_parser().parse_args(['--task', 'sr2', '--ckpt', 'x', '--folder', 'f', '--out', 'o',
+                                                      '--M', '5', '10']))
+
+
+def test_an_authors_file_without_authors_config_names_the_flag(tmp_path):
+    torch.manual_seed(0)
+    G, _ = models.build_networks('tiny')
+    theirs = {f'all_modules.{i}.weight': torch.zeros(2) for i in range(3)}
+    torch.save(theirs, tmp_path / 'netG_1200.pth')
+    with pytest.raises(ValueError, match='--authors-config'):
+        models.open_generator(str(tmp_path / 'netG_1200.pth'))
+
+
+def test_exported_generator_is_small_fp16_and_samples_as_the_training_checkpoint(tmp_path):
+    """The shipped-weights format: only G_ema (fp16), its arguments and meta; loads as fp32 and gives
+    the training checkpoint's outputs to fp16 precision."""
+    torch.manual_seed(0)
+    G = models.NCSNpp(**models.CONFIGS['fashion']['G'])
+    ckpt = dict(format=models.CKPT_FORMAT, G_kwargs=dict(models.CONFIGS['fashion']['G']), D_kwargs={}, meta=dict(
+        META, channels=1, nz=G.nz), G=G.state_dict(), G_ema=G.state_dict(), D={'w': torch.ones(3)}, opt_G={}, step=7)
+    models.save_checkpoint(ckpt, tmp_path / 'full.pt')
+    models.export_generator(models.load_checkpoint(tmp_path / 'full.pt'), tmp_path / 'slim.pt')
+    slim = torch.load(tmp_path / 'slim.pt', weights_only=True)
+    assert set(slim) == {'format', 'G_kwargs', 'D_kwargs', 'meta', 'G_ema', 'step', 'exported'}
+    assert all(v.dtype == torch.float16 for v in slim['G_ema'].values() if v.is_floating_point())
+    assert (tmp_path / 'slim.pt').stat().st_size < 2 * 2**20
+    G_slim, meta = models.load_generator(tmp_path / 'slim.pt')
+    assert next(G_slim.parameters()).dtype == torch.float32 and meta['nz'] == G.nz
+    x, k, z = torch.randn(2, 1, 32, 32), torch.tensor([0, 3]), torch.randn(2, G.nz)
+    with torch.no_grad():
+        torch.testing.assert_close(G_slim(x, k, z), G.eval()(x, k, z), rtol=0, atol=2e-2)
+    with pytest.raises(KeyError, match='no generator weights'):
+        models.load_generator(tmp_path / 'slim.pt', ema=False)

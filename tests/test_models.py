@@ -73,6 +73,8 @@ def test_fir_resampling_equals_upfirdn_definition(shape):
 # ---- parity with the authors' networks --------------------------------------
 
 def test_generator_matches_authors(parity):
+    if 'G_state_dict' not in parity:     # the 1 MB copy in git holds the discriminators; the generator's
+        pytest.skip('the generator part of the parity data is in the full 4 MB file ($RGM_PARITY_FIXTURE)')
     G = models.NCSNpp(**models.CONFIGS['tiny']['G']).eval()
     assert sum(p.numel() for p in G.parameters()) == parity['G_num_parameters'] == 699_459
     G.load_state_dict(models.convert_authors_generator(G, parity['G_state_dict']))

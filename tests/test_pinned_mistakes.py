@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from scipy import linalg
 
+import cli
 import data
 import losses
 import metrics
@@ -220,7 +221,7 @@ def test_classifier_accuracy_is_measured_on_the_test_split(tmp_path, monkeypatch
     assert torch.load(path, weights_only=True)['test_accuracy'] == pytest.approx(on_test)
 
 
-# ---- data.prepare_out: the check without the removal -----------------------------------------------
+# ---- cli.prepare_out: the check without the removal -----------------------------------------------
 
 def test_overwrite_check_without_remove_keeps_the_earlier_run(tmp_path):
     """sample.py checks --out before any work with remove=False and removes only once the work is
@@ -235,10 +236,10 @@ def test_overwrite_check_without_remove_keeps_the_earlier_run(tmp_path):
     def listing():
         return sorted(p.relative_to(out).as_posix() for p in out.rglob('*') if p.is_file())
     with pytest.raises(FileExistsError, match='--overwrite'):
-        data.prepare_out(str(out), ti.RUN_FILES, overwrite=False)
-    data.prepare_out(str(out), ti.RUN_FILES, overwrite=True, remove=False)   # the check alone
+        cli.prepare_out(str(out), ti.RUN_FILES, overwrite=False)
+    cli.prepare_out(str(out), ti.RUN_FILES, overwrite=True, remove=False)   # the check alone
     assert listing() == sorted(files)
-    data.prepare_out(str(out), ti.RUN_FILES, overwrite=True)                 # the check and the removal
+    cli.prepare_out(str(out), ti.RUN_FILES, overwrite=True)                 # the check and the removal
     assert listing() == ['notes.txt']
 
 

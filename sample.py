@@ -24,7 +24,7 @@ import cli
 import data
 import metrics
 import models
-from schedules import sample_rgm, schedule_of
+from schedules import sample_ddim, sample_ddpm, sample_rgm, schedule_of
 
 
 # ----------------------------------------------------------------------------
@@ -37,7 +37,37 @@ def chunk_generator(seed, chunk, device='cpu'):
 
 
 @torch.no_grad()
-def generate(G, schedule, meta, n, batch_size=64, seed=0, noise_scale=0.999, rank=0, world_size=1, progress=False):
+def draw(G, schedule, meta, shape, generator=None, noise_scale=0.999, steps=None, trajectory=False):
+    """Samples (B, C, H, W) in [-1, 1] of any checkpoint (or [x_K, ..., x_0]): Algorithm 3 for RGM and
+    MMSE models; for a DDPM, ancestral sampling over all its levels, or DDIM over `steps` of them."""
+    device = next(G.parameters()).device
+    if meta.get('prior') == 'ddpm':
+        if steps:
+            return sample_ddim(G, schedule, shape, steps, device=device, generator=generator, trajectory=trajectory)
+        return sample_ddpm(G, schedule, shape, device=device, generator=generator, trajectory=trajectory)
+    return sample_rgm(G, schedule, shape, meta['nz'], device=device, posterior=meta['posterior'],
+                      noise_scale=noise_scale, generator=generator, trajectory=trajectory)
+
+
+def nfe(meta, schedule, steps=None):
+    """Network evaluations per sample: K (RGM, MMSE, DDPM ancestral) or the DDIM steps."""
+    return steps if meta.get('prior') == 'ddpm' and steps else schedule.K
+
+
+def check_steps(meta, steps, K):
+    """--steps is DDIM's subsequence of a DDPM's levels; an RGM or MMSE model samples its trained K levels."""
+    if steps is None:
+        return
+    if meta.get('prior') != 'ddpm':
+        raise ValueError(f"--steps chooses how many of a DDPM's levels DDIM visits; this is an "
+                         f"{label_of(meta)} model, whose {K} levels are fixed by its training: drop --steps")
+    if not 1 <= steps <= K:
+        raise ValueError(f'--steps must lie in 1..{K} (the DDPM\'s levels), got {steps}')
+
+
+@torch.no_grad()
+def generate(G, schedule, meta, n, batch_size=64, seed=0, noise_scale=0.999, rank=0, world_size=1, progress=False,
+             steps=None):
     """n samples as uint8 (n, C, H, W) on rank 0 (None on the others). Chunk c holds samples
     c*batch_size ... and is drawn by process c % world_size; rank 0 gathers them in order."""
     device = next(G.parameters()).device
@@ -50,9 +80,8 @@ def generate(G, schedule, meta, n, batch_size=64, seed=0, noise_scale=0.999, ran
             c = first + rank
             x = torch.zeros(batch_size, *shape, dtype=torch.uint8, device=device)
             if size(c):
-                x0 = sample_rgm(G, schedule, (size(c), *shape), meta['nz'], device=device,
-                                posterior=meta['posterior'], noise_scale=noise_scale,
-                                generator=chunk_generator(seed, c, device))      # (B, C, H, W) in [-1, 1]
+                x0 = draw(G, schedule, meta, (size(c), *shape), chunk_generator(seed, c, device), noise_scale,
+                          steps)                                                 # (B, C, H, W) in [-1, 1]
                 x[:size(c)] = models.to_uint8(x0)
             parts = [x]
             if world_size > 1:
@@ -87,12 +116,13 @@ def write_samples(images, out, fmt):
 # Figures: the sampling trajectory, and the role of z (paper Figure 5).
 
 @torch.no_grad()
-def trajectory_figure(G, schedule, meta, path, n=8, generator=None, noise_scale=0.999):
-    """One row per sample: x_K, ..., x_0 of Algorithm 3. Returns the list [x_K, ..., x_0]."""
-    device = next(G.parameters()).device
+def trajectory_figure(G, schedule, meta, path, n=8, generator=None, noise_scale=0.999, steps=None):
+    """One row per sample: x_K, ..., x_0 of Algorithm 3 (a DDPM's: 11 evenly spaced states of its
+    sampler). Returns the list [x_K, ..., x_0]."""
     shape = (n, meta['channels'], meta['image_size'], meta['image_size'])
-    xs = sample_rgm(G, schedule, shape, meta['nz'], device=device, posterior=meta['posterior'],
-                    noise_scale=noise_scale, generator=generator, trajectory=True)
+    xs = draw(G, schedule, meta, shape, generator, noise_scale, steps, trajectory=True)
+    if len(xs) > 11:
+        xs = [xs[round(i * (len(xs) - 1) / 10)] for i in range(11)]
     save_grid(models.to_uint8(torch.stack(xs, 1).flatten(0, 1)).cpu(), path, nrow=len(xs))   # (n (K+1), C, H, W)
     return xs
 
@@ -152,13 +182,14 @@ def main(args):
         G = torch.compile(G)
     schedule = schedule_of(meta, device)
     schedule.check_shape((1, meta['channels'], meta['image_size'], meta['image_size']))
+    check_steps(meta, args.steps, schedule.K)
     out = Path(args.out or Path(args.ckpt).resolve().parent / 'samples')
     cli.prepare_out(str(out), OUTPUTS, args.overwrite, 'sample.py run', remove=False)     # refuse before any work
     scores = metrics.Scores(meta, args.n, args.fid, args.is_, args.reference, not args.no_fd, args.classifier,
                             args.data_dir, args.inception_weights, args.fid_cache,
                             batch_size=min(args.batch_size, 250), device=device)  # Inception runs at 299 px
-    summary = dict(ckpt=str(args.ckpt), ema=not args.no_ema, schedule=meta['schedule'], nfe=schedule.K,
-                   posterior=meta['posterior'], noise_scale=args.noise_scale, seed=args.seed, n=args.n,
+    summary = dict(ckpt=str(args.ckpt), ema=not args.no_ema, schedule=meta['schedule'], nfe=nfe(meta, schedule, args.steps),
+                   posterior=meta['posterior'], noise_scale=args.noise_scale, seed=args.seed, n=args.n, steps=args.steps,
                    batch_size=args.batch_size, world_size=world_size, device=str(device))
     if master:
         summary.update(scores.prepare())
@@ -169,11 +200,11 @@ def main(args):
     if master:
         cli.prepare_out(str(out), OUTPUTS, args.overwrite, 'sample.py run')
         out.mkdir(parents=True, exist_ok=True)
-        print(f"sampling {args.n} images with {meta['schedule']} K={schedule.K} (NFE {schedule.K}) "
+        print(f"sampling {args.n} images with {label_of(meta)} (NFE {summary['nfe']}) "
               f'on {world_size} process(es), {device}')
     tic = time.perf_counter()
     images = generate(G, schedule, meta, args.n, args.batch_size, args.seed, args.noise_scale, rank, world_size,
-                      progress=master)
+                      progress=master, steps=args.steps)
     if device.type == 'cuda':
         torch.cuda.synchronize()
     summary.update(sampling_seconds=time.perf_counter() - tic)
@@ -202,7 +233,7 @@ def write_outputs(G, schedule, meta, images, args, out, device):
     if args.figures:
         gen = chunk_generator(args.seed, 0, device)
         xs = trajectory_figure(G, schedule, meta, out / 'trajectory.png', n=8, generator=gen,
-                               noise_scale=args.noise_scale)
+                               noise_scale=args.noise_scale, steps=args.steps)
         print(f"wrote {out / 'trajectory.png'}")
         if meta['nz'] > 0:          # an MMSE model has no z
             spread = z_figure(G, schedule, meta, xs[-1][:1], out / 'z_role.png', n_z=4, generator=gen)
@@ -234,8 +265,10 @@ def write_versus(G, schedule, meta, args, device, out, n=64):
         names = [f'{names[0]} ({Path(args.ckpt).name})', f'{names[1]} ({Path(args.versus).name})']
     for name, (net, sched, m) in zip(names, [(G, schedule, meta), (G2, schedule2, meta2)]):
         shape = (n, m['channels'], m['image_size'], m['image_size'])
-        xs = sample_rgm(net, sched, shape, m['nz'], device=device, posterior=m['posterior'],
-                        noise_scale=args.noise_scale, generator=chunk_generator(args.seed, 0, device), trajectory=True)
+        xs = draw(net, sched, m, shape, chunk_generator(args.seed, 0, device), args.noise_scale,
+                  args.steps if m.get('prior') == 'ddpm' else None, trajectory=True)
+        if len(xs) > 11:
+            xs = [xs[round(i * (len(xs) - 1) / 10)] for i in range(11)]
         columns[name] = models.to_uint8(xs[-1]).cpu()
         trajectories[name] = [x[0] for x in xs]
     versus_figure(columns, trajectories, out / 'versus.png')
@@ -245,6 +278,8 @@ def write_versus(G, schedule, meta, args, device, out, n=64):
 def label_of(meta):
     """'RGM-KLD-D K=4', 'MMSE K=4', ... from a checkpoint's meta."""
     prior = meta.get('prior', 'kld')
+    if prior == 'ddpm':
+        return f"DDPM ({meta['K']} levels)"
     return (f"RGM-{prior.upper()}" if prior != 'mmse' else 'MMSE') + f"-{meta['schedule'].upper()} K={meta['K']}"
 
 
@@ -256,6 +291,8 @@ def build_parser():
     p.add_argument('--batch-size', type=cli.positive_int, default=64,
                    help='samples per chunk and per network call; with --seed it fixes the images')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--steps', type=cli.positive_int, help="DDPM checkpoints: DDIM (eta 0) over this many evenly spaced "
+                   "levels (default: ancestral sampling over all of them); RGM models sample their trained K levels")
     p.add_argument('--noise-scale', type=cli.nonnegative_float, default=0.999, help='scale of the fresh forward noise (authors 0.999; posterior-trained models draw from q(x_k | x_{k+1}, x0_hat) unscaled)')
     p.add_argument('--device', default=cli.DEFAULT_DEVICE)
     p.add_argument('--out', help='output folder (default: samples/ beside the checkpoint); one that holds files '

@@ -53,7 +53,7 @@ import cli  # noqa: E402
 import data  # noqa: E402
 import losses  # noqa: E402
 import models  # noqa: E402
-from schedules import SCHEDULES, make_schedule, sample_rgm  # noqa: E402
+from schedules import SCHEDULES, make_schedule, sample_ddim, sample_rgm  # noqa: E402
 
 ADAM_BETAS = (0.5, 0.9)             # Adam for G, D and the TransformNet (the authors')
 
@@ -84,8 +84,12 @@ PRESETS.update({
     'fashion_kld_sr': dict(FASHION, prior='kld', schedule='sr', K=7),     # 32 -> 4 px, as cifar10_kld_sr
     'fashion_dswd_d': dict(FASHION, prior='dswd', dswd_projections=1000, dswd_steps=10),
     'fashion_mmse_d': dict(FASHION, prior='mmse'),     # the MMSE baseline: same G (without z), K, steps, data
+    # A standard DDPM with the same network (without z): noise prediction over 1000 levels of the same VP
+    # process; 4,000 steps = the RGM presets' 128,000 training images (--max-steps 16000: 4x as many).
+    'fashion_ddpm':   dict(FASHION, prior='ddpm', K=1000, sample_every=1000),
 })
-PRIOR_CHOICES = sorted(losses.PRIORS) + ['mmse']
+BASELINES = ('mmse', 'ddpm')          # trained without z and without a discriminator
+PRIOR_CHOICES = sorted(losses.PRIORS) + list(BASELINES)
 
 
 # ----------------------------------------------------------------------------
@@ -318,6 +322,23 @@ def mmse_step(G, opt_G, x0, schedule, autocast=contextlib.nullcontext):
     return dict(mmse=loss.detach())
 
 
+def ddpm_step(G, opt_G, x0, schedule, autocast=contextlib.nullcontext):
+    """The diffusion model a user would pick instead of RGM (Ho et al. 2020, Eq. 14): over the K = 1000
+    levels of the same VP process, k uniform in 0..K-1, x_{k+1} = abar_{k+1} x0 + sigmabar_{k+1} eps,
+    and G(x_{k+1}, k) (no z) trained to predict the noise: ||eps - G(x_{k+1}, k)||^2 (losses.ddpm_loss).
+    Sampled by schedules.sample_ddpm (all K levels) or schedules.sample_ddim. Returns {ddpm: the batch mean}."""
+    k = torch.randint(schedule.K, (x0.shape[0],), device=x0.device)
+    eps = torch.randn_like(x0)
+    x_next = schedule.sample(x0, k + 1, noise=eps)
+    with autocast():
+        eps_hat = G(x_next, k, None).float()
+    loss = losses.ddpm_loss(eps_hat, eps).mean()
+    opt_G.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_G.step()
+    return dict(ddpm=loss.detach())
+
+
 # ----------------------------------------------------------------------------
 # Run directory and checkpoints (the contract of models.py).
 
@@ -378,6 +399,7 @@ class Setup:
 
     @property
     def mmse(self):
+        """A baseline trained without z and D (--prior mmse or ddpm)."""
         return self.D_kwargs is None
 
 
@@ -389,11 +411,13 @@ def configure(args, world_size, device):
     G_kwargs.update(image_size=image_size, nz=G_kwargs['nz'] if args.nz is None else args.nz)
     D_kwargs = {key: list(v) if isinstance(v, tuple) else v for key, v in net['D'].items()}
     D_kwargs.update(image_size=image_size)
-    if args.prior == 'mmse':            # the MMSE restorer E[x0 | x_{k+1}] has no z and no discriminator
+    if args.prior in BASELINES:         # the MMSE restorer and the DDPM have no z and no discriminator
         if args.nz:
-            raise ValueError(f'--prior mmse trains G without a latent z: drop --nz {args.nz} (or give --nz 0)')
+            raise ValueError(f'--prior {args.prior} trains G without a latent z: drop --nz {args.nz} (or give --nz 0)')
         if args.posterior:
-            raise ValueError('--prior mmse is sampled with Algorithm 3 only: drop --posterior')
+            raise ValueError(f'--prior {args.prior} has its own sampler: drop --posterior')
+        if args.prior == 'ddpm' and args.schedule != 'd':
+            raise ValueError(f'--prior ddpm runs on the Gaussian process d, not --schedule {args.schedule}')
         G_kwargs['nz'], D_kwargs = 0, None
     if G_kwargs['nz'] < 0:
         raise ValueError(f'--nz must be >= 0 (0 = no latent z), got {G_kwargs["nz"]}')
@@ -707,7 +731,8 @@ def run_training(args, rank, world_size, device, master, setup, run, restart):
               + (' (MMSE baseline: no D)' if setup.mmse else ''))
 
     # ---- the loop: one train_step (or mmse_step) per batch, a report every so often ----
-    monitor = Monitor(['mmse'] if setup.mmse else ['loss_D', 'r1', 'fidelity', 'prior', 'loss_G'], device)
+    monitor = Monitor([args.prior] if setup.mmse else ['loss_D', 'r1', 'fidelity', 'prior', 'loss_G'], device)
+    baseline_step = ddpm_step if args.prior == 'ddpm' else mmse_step
     ema_params, params = list(nets.G_ema.parameters()), list(nets.G.parameters())
     step = start_step
     bar = tqdm(total=args.max_steps, initial=start_step, disable=not master, dynamic_ncols=True)
@@ -721,7 +746,7 @@ def run_training(args, rank, world_size, device, master, setup, run, restart):
             flip = torch.rand(x0.shape[0], 1, 1, 1, device=device) < 0.5          # random horizontal flip
             x0 = torch.where(flip, x0.flip(3), x0)
             if setup.mmse:
-                terms = mmse_step(G_train, nets.opt_G, x0, setup.schedule, autocast=autocast)
+                terms = baseline_step(G_train, nets.opt_G, x0, setup.schedule, autocast=autocast)
             else:
                 terms = train_step(G_train, critic_views, nets.opt_G, nets.opt_D, x0, setup.schedule, nets.critic,
                                    nets.prior, step, args.lam, setup.nz, args.posterior, shared=shared,
@@ -760,12 +785,17 @@ def report(step, args, monitor, nets, setup, run, meta, config, steps_per_epoch,
         monitor.reset()
         if master:
             run.log(record)
-            bar.set_postfix(mmse=f'{mean["mmse"]:.1f}') if setup.mmse else bar.set_postfix(
+            bar.set_postfix({args.prior: f'{mean[args.prior]:.1f}'}) if setup.mmse else bar.set_postfix(
                 D=f'{mean["loss_D"]:.3f}', fid=f'{mean["fidelity"]:.1f}', prior=f'{mean["prior"]:.3f}')
     if master and sample_now:
         shape = (args.n_samples, setup.channels, setup.image_size, setup.image_size)
-        grid = sample_rgm(nets.G_ema, setup.schedule, shape, setup.nz, device=device, posterior=args.posterior,
-                          generator=torch.Generator(device).manual_seed(args.seed))
+        generator = torch.Generator(device).manual_seed(args.seed)
+        if args.prior == 'ddpm':        # the training grids of the DDPM: DDIM with 50 steps
+            grid = sample_ddim(nets.G_ema, setup.schedule, shape, min(50, setup.schedule.K), device=device,
+                               generator=generator)
+        else:
+            grid = sample_rgm(nets.G_ema, setup.schedule, shape, setup.nz, device=device, posterior=args.posterior,
+                              generator=generator)
         torchvision.utils.save_image((grid + 1) / 2, os.path.join(run.out, 'samples', f'{step:08d}.png'),
                                      nrow=int(math.sqrt(args.n_samples)))
     if master and save_now:
@@ -814,7 +844,8 @@ def parse_args(argv=None):
     g.add_argument('--discretisation', default='original', choices=['original', 'square', 'geometric'])
     g.add_argument('--posterior', action='store_true', help='Algorithm 1 (posterior sampling, d only)')
     g.add_argument('--prior', default='kld', choices=PRIOR_CHOICES,
-                   help='kld, mmd, dswd (RGM), or mmse: the MMSE baseline ||G(x_{k+1}, k) - x0||^2, no z, no D')
+                   help='kld, mmd, dswd (RGM); mmse: the MMSE baseline ||G(x_{k+1}, k) - x0||^2; ddpm: a DDPM, '
+                        '||eps - G(x_{k+1}, k)||^2 over --K levels (1000); both without z and D')
     g.add_argument('--nz', type=int, default=None, help='latent dimension (default: --net\'s; 0 = no z)')
     g.add_argument('--lam', type=cli.nonnegative_float, default=1e-3, help='fidelity weight lambda (0 = no fidelity)')
     g.add_argument('--mmd-bandwidths', type=float, nargs='+', default=[1.0, 2.0, 4.0, 8.0, 16.0])

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 import torch_fidelity
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 from tqdm import tqdm
 
 import data
@@ -312,17 +314,96 @@ def get_classifier(path=DEFAULT_CLASSIFIER, data_dir='data', progress=True, **tr
 
 def fashion_scores(net, samples, reference, floor_train=None, progress=False):
     """FD of samples against the reference images, class shares of the samples, and the floor (the FD
-    of `floor_train` real images against the same reference) when given."""
+    of `floor_train` real images against the same reference) when given. Also KID (kid_mean, kid_std)
+    and precision / recall (k = PRC_K) in the same features; precision and recall are None when a side
+    has PRC_K images or fewer (no k-th neighbour)."""
     f_ref, _ = run_classifier(net, reference, progress=progress, desc='reference features')
     f_gen, pred = run_classifier(net, samples, progress=progress, desc='sample features')
     shares = class_shares(pred)
     out = dict(fd=frechet_distance(f_gen, f_ref), n_samples=len(samples), n_reference=len(reference),
                class_shares=dict(zip(data.FASHION_CLASSES, shares)), min_class_share=min(shares),
                max_class_share=max(shares))
+    out['kid_mean'], out['kid_std'] = kid(f_gen, f_ref)
+    enough = min(len(f_gen), len(f_ref)) > PRC_K
+    out['precision'], out['recall'] = precision_recall(f_gen, f_ref) if enough else (None, None)
     if floor_train is not None:
         out['fd_floor'] = frechet_distance(run_classifier(net, floor_train, progress=progress,
                                                           desc='floor features')[0], f_ref)
     return out
+
+
+# ---- beyond the Frechet distance: KID, precision and recall ----------------------------------------
+# Both take feature tensors (N, F) of any width: this classifier's 128-d features or Inception's 2048-d.
+
+PRC_K = 3                           # neighbourhood size of the precision / recall manifolds
+
+
+def _check_feature_sets(named, min_n, what):
+    """named: {argument name: tensor}; finite (N, F) sets with one F and at least min_n rows each, as
+    float64 on the CPU, or a ValueError naming the argument."""
+    for name, f in named.items():
+        if not torch.is_tensor(f) or f.dim() != 2:
+            shape = tuple(f.shape) if torch.is_tensor(f) else type(f).__name__
+            raise ValueError(f'{name} must be a 2-D tensor (N, F), got {shape}')
+        if len(f) < min_n:
+            raise ValueError(f'{what} needs at least {min_n} samples in {name}, got {len(f)}')
+        if not torch.isfinite(f).all():
+            raise ValueError(f'{name} holds non-finite values')
+    if len({f.shape[1] for f in named.values()}) > 1:
+        raise ValueError('feature sets of shapes ' + ' and '.join(str(tuple(f.shape)) for f in named.values())
+                         + ' do not have the same F')
+    return [f.detach().cpu().double() for f in named.values()]
+
+
+def kid(features_1, features_2, subsets=100, subset_size=1000, seed=0):
+    """Kernel Inception Distance (Binkowski et al. 2018), in whatever features are given: (mean, std).
+
+    For m-subsets X = {x_i} of set 1 and Y = {y_j} of set 2 (drawn without replacement), the unbiased
+    estimator of MMD^2 (Gretton et al. 2012, Lemma 6) with the cubic kernel k(x, y) = (x.y / F + 1)^3:
+
+        MMD^2_u = sum_{i != j} k(x_i, x_j) / (m (m-1)) + sum_{i != j} k(y_i, y_j) / (m (m-1))
+                  - 2 sum_{i, j} k(x_i, y_j) / m^2
+
+    the within-set sums leave out i = j (the V-statistic, which keeps them, is biased upwards by
+    2 (E k(x, x) - E k(x, x')) / m when both sets come from one distribution). Returned: the mean and
+    the (population) standard deviation of MMD^2_u over `subsets` random pairs of subsets, through
+    torch-fidelity's kid_features_to_metric with rng_seed=seed (the same seed, the same subsets).
+    Rule for small sets: m = min(subset_size, N_1, N_2), at least 2; where m equals a set's size that
+    set's subsets are all of it. The mean can be slightly negative; it is 0 in expectation for sets
+    from one distribution. Libraries often print KID x 1000."""
+    if not isinstance(subsets, int) or subsets < 1:
+        raise ValueError(f'subsets must be a positive int, got {subsets!r}')
+    if not isinstance(subset_size, int) or subset_size < 2:
+        raise ValueError(f'subset_size must be an int of at least 2, got {subset_size!r}')
+    f1, f2 = _check_feature_sets(dict(features_1=features_1, features_2=features_2), 2, 'KID')
+    m = min(subset_size, len(f1), len(f2))
+    r = kid_features_to_metric(f1, f2, kid_subsets=subsets, kid_subset_size=m, rng_seed=seed,
+                               kid_kernel='poly', kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None,
+                               kid_kernel_poly_coef0=1, verbose=False)          # gamma None: 1 / F
+    return r[KEY_METRIC_KID_MEAN], r[KEY_METRIC_KID_STD]
+
+
+def precision_recall(features_gen, features_ref, k=PRC_K, batch_size=1000):
+    """Improved precision and recall (Kynkaanniemi et al. 2019, Eqs. 1-2): (precision, recall).
+
+    Each set stands for its manifold, the union of balls around its points, the ball of phi' having as
+    radius the distance from phi' to its k-th nearest neighbour in its own set, phi' itself left out
+    (the k+1-th smallest distance, the 0 to itself being the first). f(phi, Phi) = 1 if
+    ||phi - phi'|| <= radius(phi') for some phi' in Phi. precision = mean over generated phi of
+    f(phi, reference): how many samples look real; recall = mean over reference phi of f(phi, generated):
+    how much of the real data the samples cover. Through torch-fidelity's prc_features_to_metric in its
+    chunked mode: distances are computed batch_size rows at a time (batch_size x N doubles in memory)."""
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f'k must be a positive int, got {k!r}')
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
+    f_gen, f_ref = _check_feature_sets(dict(features_gen=features_gen, features_ref=features_ref), k + 1,
+                                       f'precision / recall with k = {k}')
+    r = prc_features_to_metric(f_gen, f_ref, prc_neighborhood=k, prc_batch_size=batch_size, save_cpu_ram=True,
+                               verbose=False)
+    # shares of N_gen and N_ref points, which torch-fidelity averages in float32: the counts back, exactly
+    return (round(r[KEY_METRIC_PRECISION] * len(f_gen)) / len(f_gen),
+            round(r[KEY_METRIC_RECALL] * len(f_ref)) / len(f_ref))
 
 
 def reference_scores(classifier=DEFAULT_CLASSIFIER, data_dir='data', n=10_000, progress=True):

@@ -8,8 +8,16 @@ observation x_{k+1} with what the restoration predicts for it:
     Algorithm 1 (posterior sampling, RGM-D):    x_{k+1} against a_{k+1} x_k_hat,
                                                 x_k_hat ~ q(x_k | x_{k+1}, x0_hat)         `posterior_fidelity`
 
+For 'd' and 'sr_naive', `fidelity` is -log q(x_{k+1} | x0_hat) up to a constant. For 'sr' (separated
+SR) it is a weighted squared error, not that log-likelihood: the residual is summed over the full-size
+(nearest-upsampled) image, so each low-resolution pixel of level k+1 counts 4^{d(k+1)} times, and
+the term is 4^{d(k+1)} times the exact one (d(k+1) = (k+1)//2 halvings, see schedules.SuperResolution).
+
 The priors g_phi act on flat features (B, F): 2D points for the toy, discriminator
 features for images. Scripts pick one through the registry `PRIORS`.
+
+Two objectives without a prior, for baselines: `mmse_loss` (G predicts x0: the MMSE restorer) and
+`ddpm_loss` (a network predicts the noise: the diffusion model, Ho et al. 2020, Eq. 14).
 """
 import torch
 import torch.nn.functional as F
@@ -20,7 +28,8 @@ def _per_sample(v, x):
 
 
 # ----------------------------------------------------------------------------
-# Data fidelity (Eq. 8): 1/2 || Sigma_{k+1}^{-1/2} (A_{k+1} x0_hat - x_{k+1}) ||^2, per sample.
+# Data fidelity (Eq. 8): 1/2 || Sigma_{k+1}^{-1/2} (A_{k+1} x0_hat - x_{k+1}) ||^2, per sample
+# (for 'sr', summed over the full-size image: see the module docstring).
 
 def fidelity(x_next, x0_hat, k, schedule):
     """Algorithm 2 (prior sampling): compare x_{k+1} with the noiseless map of x0_hat."""
@@ -38,6 +47,20 @@ def posterior_fidelity(x_next, x_k_hat, k, schedule):
 def mmse_loss(x0_hat, x0):
     """The MMSE baseline's objective ||G(x_{k+1}, k) - x0||^2: its minimiser is E[x0 | x_{k+1}]."""
     return (x0_hat - x0).pow(2).flatten(1).sum(1)
+
+
+def ddpm_loss(eps_hat, eps):
+    """The diffusion baseline's objective (Ho et al. 2020, Eq. 14, the "simple" loss): ||eps_hat - eps||^2 per
+    sample, where eps is the noise that made x_{k+1} = abar_{k+1} x0 + sigmabar_{k+1} eps, eps_hat =
+    eps_net(x_{k+1}, k, None), and the caller draws k uniformly. A squared error is minimised, over functions
+    of x_{k+1}, by the conditional mean: eps_hat = E[eps | x_{k+1}]. As x0 = (x_{k+1} - sigmabar_{k+1} eps) /
+    abar_{k+1} is affine in eps given x_{k+1}, x0_hat = (x_{k+1} - sigmabar_{k+1} eps_hat) / abar_{k+1} is then
+    E[x0 | x_{k+1}], the posterior mean: a diffusion model is an MMSE restorer. Indeed ||x0_hat - x0||^2 =
+    (sigmabar_{k+1} / abar_{k+1})^2 ||eps_hat - eps||^2: this is `mmse_loss` weighted by (abar / sigmabar)^2."""
+    if eps_hat.shape != eps.shape:
+        raise ValueError(f'eps_hat and eps must have the same shape, got {tuple(eps_hat.shape)} '
+                         f'and {tuple(eps.shape)}')
+    return (eps_hat - eps).pow(2).flatten(1).sum(1)                          # (B,)
 
 
 # ----------------------------------------------------------------------------

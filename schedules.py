@@ -24,7 +24,12 @@ The tables, index n = 0..N over the noise levels (N = K, or (K+1)//2 for 'sr'), 
     sigmabar_n = sqrt(1 - abar_n^2)   its noise std
 
 (DDPM's "alpha-bar", the product of the (1 - beta), is abar_n^2 here; it appears nowhere under
-its own name.)
+its own name.) At N = 1000 the 'original' betas run from 1.3e-4 to 0.0198, close to DDPM's linear
+1e-4 .. 0.02.
+
+Samplers: `sample_rgm` (Algorithm 3, K evaluations of G) and, for a diffusion baseline on the 'd'
+process with a noise-predicting network called like G, `sample_ddpm` (K evaluations) and
+`sample_ddim` (`steps` evaluations, on the levels `ddim_levels(K, steps)`).
 """
 
 import torch
@@ -309,5 +314,94 @@ def sample_rgm(G, schedule, shape, nz, device=None, posterior=False, noise_scale
             x = schedule.posterior_sample(x0_hat, x, k_, noise=noise)
         else:                               # Algorithm 3, line 5: push x0_hat back to level k
             x = schedule.sample(x0_hat, k_, noise=noise, noise_scale=noise_scale)
+        xs.append(x)
+    return xs if trajectory else x
+
+
+# ----------------------------------------------------------------------------
+# A diffusion baseline on the 'd' process: a noise-predicting network eps_net, called exactly
+# as G is, eps_hat = eps_net(x_{k+1}, k, None), and trained by losses.ddpm_loss. DDPM's t = k + 1.
+
+def _check_eps_sampling(schedule):
+    if not isinstance(schedule, Denoising):
+        raise ValueError(f"schedule: DDPM/DDIM sampling needs the 'd' process (Denoising), "
+                         f"got {type(schedule).__name__}")
+
+
+def _on(v, x):
+    """A 0-dim coefficient for use with x: a CPU one is a scalar to every device (no copy)."""
+    return v if v.device.type == 'cpu' or v.device == x.device else v.to(x.device)
+
+
+def _at(schedule, name, t, x):
+    """Table entry `name` at level t (a Python int: the whole batch is at one level), 0-dim."""
+    return _on(getattr(schedule, name)[t], x)
+
+
+def _x0_from_eps(schedule, x, eps_hat, t, clip_x0):
+    """x0_hat = (x_t - sigmabar_t eps_hat) / abar_t: the marginal x_t = abar_t x0 + sigmabar_t eps (Ho et al.
+    2020, Eq. 4) solved for x0 with the predicted noise (their Eq. 15); clamped to [-1, 1] if `clip_x0`."""
+    x0_hat = (x - _at(schedule, 'sigmabar', t, x) * eps_hat) / _at(schedule, 'abar', t, x)
+    return x0_hat.clamp(-1, 1) if clip_x0 else x0_hat
+
+
+@torch.no_grad()
+def sample_ddpm(eps_net, schedule, shape, device=None, generator=None, trajectory=False, clip_x0=False):
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2) with NFE = K; returns x_0 (or [x_K, ..., x_0]).
+
+    From x_K ~ N(0, I), for k = K-1 .. 0:
+        x0_hat = (x_{k+1} - sigmabar_{k+1} eps_hat) / abar_{k+1},   eps_hat = eps_net(x_{k+1}, k, None)
+        x_k ~ q(x_k | x_{k+1}, x0_hat) = N(c1 x0_hat + c2 x_{k+1}, v)   (`Denoising.posterior_coefficients`)
+    Substituting x0_hat, the mean is Ho's Eq. 11, (x_{k+1} - beta_{k+1} / sigmabar_{k+1} eps_hat) / a_{k+1},
+    and the variance is his posterior choice sigma_t^2 = beta_t sigmabar_{t-1}^2 / sigmabar_t^2 (not beta_t);
+    no noise at k = 0. `clip_x0` clamps x0_hat to [-1, 1] (images) before the step; off by default,
+    so that an exact eps-predictor gives exactly the DDPM chain."""
+    _check_eps_sampling(schedule)
+    x = schedule.prior_sample(shape, device=device, generator=generator)       # x_K ~ N(0, I)
+    xs = [x]
+    for k in reversed(range(schedule.K)):
+        k_ = torch.full((shape[0],), k, dtype=torch.long, device=x.device)     # the net sees x_{k+1}, told k
+        x0_hat = _x0_from_eps(schedule, x, eps_net(x, k_, None), k + 1, clip_x0)   # Eq. 15
+        c1, c2, v = (_on(c, x) for c in schedule.posterior_coefficients(k))    # Eq. 7, 0-dim
+        x = c1 * x0_hat + c2 * x                                                # the mean, = Eq. 11
+        if k > 0:                                                               # no noise at the last step
+            x = x + v.sqrt() * torch.randn(x.shape, device=x.device, generator=generator)
+        xs.append(x)
+    return xs if trajectory else x
+
+
+def ddim_levels(K, steps):
+    """The S + 1 levels DDIM visits (S = steps), K = t_S > ... > t_1 > t_0 = 0, as a list of ints:
+    t_i = round(i K / S) (halves rounded up), evenly spaced in K / S >= 1, so integer and strictly
+    decreasing; always from K (the start noise) to the clean level 0; S = K gives every level."""
+    if isinstance(K, bool) or int(K) != K or K < 1:
+        raise ValueError(f'K (number of levels) must be an integer >= 1, got {K}')
+    if isinstance(steps, bool) or int(steps) != steps or not 1 <= steps <= K:
+        raise ValueError(f'steps (DDIM network evaluations) must be an integer in 1..{int(K)}, got {steps}')
+    K, S = int(K), int(steps)
+    return [(2 * i * K + S) // (2 * S) for i in range(S, -1, -1)]            # floor(i K / S + 1/2)
+
+
+@torch.no_grad()
+def sample_ddim(eps_net, schedule, shape, steps, device=None, generator=None, trajectory=False,
+                clip_x0=False):
+    """DDIM with eta = 0 (Song, Meng, Ermon 2021, Eq. 12) with NFE = steps, on `ddim_levels(K, steps)`;
+    deterministic given the start noise x_K ~ N(0, I) (the generator draws only that).
+    Returns x_0 (or [x_{t_S}, ..., x_{t_0}]). From level t to the next level t' < t:
+        x0_hat = (x_t - sigmabar_t eps_hat) / abar_t,   eps_hat = eps_net(x_t, t - 1, None)
+        x_{t'} = abar_{t'} x0_hat + sigmabar_{t'} eps_hat
+    `clip_x0` clamps x0_hat to [-1, 1] and re-derives eps_hat = (x_t - abar_t x0_hat) / sigmabar_t from it,
+    so the step stays on the line through x_t and the clamped x0_hat; off by default."""
+    _check_eps_sampling(schedule)
+    levels = ddim_levels(schedule.K, steps)
+    x = schedule.prior_sample(shape, device=device, generator=generator)       # x_K ~ N(0, I)
+    xs = [x]
+    for t, t_next in zip(levels[:-1], levels[1:]):
+        k_ = torch.full((shape[0],), t - 1, dtype=torch.long, device=x.device)  # the net sees x_t, told t - 1
+        eps_hat = eps_net(x, k_, None)
+        x0_hat = _x0_from_eps(schedule, x, eps_hat, t, clip_x0)                 # Eq. 12, "predicted x0"
+        if clip_x0:                                                             # the noise it implies
+            eps_hat = (x - _at(schedule, 'abar', t, x) * x0_hat) / _at(schedule, 'sigmabar', t, x)
+        x = _at(schedule, 'abar', t_next, x) * x0_hat + _at(schedule, 'sigmabar', t_next, x) * eps_hat  # Eq. 12
         xs.append(x)
     return xs if trajectory else x

@@ -55,6 +55,14 @@ def nonnegative_float(text):
     return value
 
 
+def seed(text):
+    """A random seed: an integer in 0 .. 2^63 - 1 (what torch.manual_seed takes)."""
+    value = int(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f'must be an integer in 0 .. 2^63 - 1, got {text}')
+    return value
+
+
 def fraction(text):
     """A share in [0, 1] (the toy's --lr-decay)."""
     value = float(text)

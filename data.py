@@ -93,6 +93,8 @@ class FashionMNIST(torch.utils.data.Dataset):
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise ValueError(f'{files[0]} and {files[1]} do not hold matching images and labels '
                              f'(shapes {images.shape} and {labels.shape})')
+        if images.shape[1:] != (28, 28):
+            raise ValueError(f'{files[0]} holds {images.shape[1]}x{images.shape[2]} images; Fashion-MNIST\'s are 28x28')
         self.files = files
         self.images = torch.nn.functional.pad(torch.from_numpy(images.copy()), (2, 2, 2, 2)).unsqueeze(1)
         self.targets = torch.from_numpy(labels.astype(np.int64))

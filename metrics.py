@@ -306,6 +306,9 @@ def get_classifier(path=DEFAULT_CLASSIFIER, data_dir='data', progress=True, **tr
     Returns (net, test accuracy, trained now?)."""
     if os.path.isfile(path):
         return (*load_classifier(path), False)
+    if os.path.exists(path):
+        raise ValueError(f'--classifier {path!r} is not a classifier file (a folder?): give the path of the file '
+                         'to read, or to write the newly trained classifier to')
     net, accuracy = train_classifier(data.FashionMNIST(data_dir, train=True), data.FashionMNIST(data_dir, train=False),
                                      progress=progress, **train_kwargs)
     save_classifier(net, accuracy, path)

@@ -425,7 +425,12 @@ def main(args):
     print(f'{args.task}: {settings} ({source}), sigma_y {args.sigma_y}/255, returning {args.return_iterate}')
 
     items, observed = load_inputs(args), args.observed is not None
-    shapes = {clean_shape(image, args.task, observed, meta['channels'], meta['image_size']) for _, image in items}
+    shapes = set()
+    for name, image in items:
+        try:
+            shapes.add(clean_shape(image, args.task, observed, meta['channels'], meta['image_size']))
+        except ValueError as e:
+            raise ValueError(f'{name}: {e}') from None
     op = make_operator(args.task, shapes.pop()).to(args.device)   # one shape: clean_shape checked each
     denoise = rgm_denoiser(G, schedule, meta['nz'], args.noise_scale)
     noise = torch.Generator().manual_seed(args.seed)
@@ -585,7 +590,7 @@ def build_parser():
     parser.add_argument('--overwrite', action='store_true',
                         help="replace an earlier run's outputs in --out (" + ', '.join(OUTPUTS) + ')')
     parser.add_argument('--device', default=cli.DEFAULT_DEVICE)
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=cli.seed, default=0)
     parser.add_argument('--batch-size', type=cli.positive_int, default=100)
     return parser
 

@@ -290,7 +290,7 @@ def build_parser():
                    help='number of samples (under torchrun write --num-samples: torchrun takes --n for its own)')
     p.add_argument('--batch-size', type=cli.positive_int, default=64,
                    help='samples per chunk and per network call; with --seed it fixes the images')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seed', type=cli.seed, default=0)
     p.add_argument('--steps', type=cli.positive_int, help="DDPM checkpoints: DDIM (eta 0) over this many evenly spaced "
                    "levels (default: ancestral sampling over all of them); RGM models sample their trained K levels")
     p.add_argument('--noise-scale', type=cli.nonnegative_float, default=0.999, help='scale of the fresh forward noise (authors 0.999; posterior-trained models draw from q(x_k | x_{k+1}, x0_hat) unscaled)')

@@ -352,7 +352,7 @@ def build_parser():
     p.add_argument('--nz', type=cli.nonnegative_int, default=2, help='latent dimension; 0 = no z (ablation)')
     p.add_argument('--posterior', action='store_true', help='Algorithm 1 instead of Algorithm 2')
     p.add_argument('--n-samples', type=cli.positive_int, default=10000, help='samples drawn for figure and metrics')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seed', type=cli.seed, default=0)
     p.add_argument('--device', default='cpu', help='cpu (default: the small networks train fastest on CPU cores, '
                    'one method per core) or cuda')
     p.add_argument('--threads', type=cli.positive_int, default=1,

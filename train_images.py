@@ -432,6 +432,12 @@ def configure(args, world_size, device):
     schedule.to(device)                                 # tables beside the data: no copies in the loop
     if args.posterior and args.schedule != 'd':
         raise ValueError(f'--posterior (Algorithm 1) exists for the denoising process d only, not {args.schedule!r}')
+    for name in ('lr_G', 'lr_D'):
+        if args.lr_tmax and args.lr_min > getattr(args, name):
+            raise ValueError(f'--lr-min {args.lr_min:g} is above --{name.replace("_", "-")} {getattr(args, name):g}: '
+                             'the cosine would raise the rate; give a smaller --lr-min (or --lr-tmax 0)')
+    if args.n_samples > 1024:
+        raise ValueError(f'--n-samples {args.n_samples}: a sample grid of more than 1024 images is not readable')
     local_batch = split_batch(args.batch_size, world_size, 1 if D_kwargs is None else D_kwargs.get('group_size', 4))
     return Setup(G_kwargs, D_kwargs, schedule, local_batch, image_size, channels)
 
@@ -711,7 +717,12 @@ def run_training(args, rank, world_size, device, master, setup, run, restart):
     resume_path = run.choose_start(args.resume, args.overwrite, int(restart) > 0, master)
     sampler, loader, steps_per_epoch = make_loader(args, setup, rank, world_size, device, master)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    nets = build_nets(args, setup, device, steps_per_epoch, memory_format)
+    try:
+        nets = build_nets(args, setup, device, steps_per_epoch, memory_format)
+    except (RuntimeError, MemoryError) as e:      # an allocation that cannot fit, before any file is written
+        if 'alloc' not in str(e).lower() and not isinstance(e, MemoryError):
+            raise
+        raise MemoryError(f'the networks do not fit in memory (--net {args.net}, --nz {setup.nz}): {e}') from e
     meta = dict(schedule=args.schedule, K=args.K, discretisation=args.discretisation, posterior=args.posterior,
                 nz=setup.nz, image_size=setup.image_size, channels=setup.channels, prior=args.prior,
                 dataset=args.dataset)
@@ -848,7 +859,8 @@ def parse_args(argv=None):
                         '||eps - G(x_{k+1}, k)||^2 over --K levels (1000); both without z and D')
     g.add_argument('--nz', type=int, default=None, help='latent dimension (default: --net\'s; 0 = no z)')
     g.add_argument('--lam', type=cli.nonnegative_float, default=1e-3, help='fidelity weight lambda (0 = no fidelity)')
-    g.add_argument('--mmd-bandwidths', type=float, nargs='+', default=[1.0, 2.0, 4.0, 8.0, 16.0])
+    g.add_argument('--mmd-bandwidths', type=cli.positive_float, nargs='+', default=[1.0, 2.0, 4.0, 8.0, 16.0],
+                   help='RBF kernel bandwidths of the MMD prior')
     g.add_argument('--dswd-projections', type=cli.positive_int, default=1000)
     g.add_argument('--dswd-steps', type=cli.positive_int, default=10, help='inner steps that fit the DSWD directions')
     g = p.add_argument_group('optimisation')
@@ -874,11 +886,11 @@ def parse_args(argv=None):
     g.add_argument('--ckpt-every', type=cli.positive_int, default=5000)
     g.add_argument('--keep-ckpts', type=cli.nonnegative_int, default=3, help='checkpoints kept (the latest; 0 = all)')
     g.add_argument('--sample-every', type=cli.positive_int, default=5000)
-    g.add_argument('--n-samples', type=cli.positive_int, default=64, help='images in each EMA sample grid')
+    g.add_argument('--n-samples', type=cli.positive_int, default=64, help='images in each EMA sample grid (at most 1024)')
     g.add_argument('--log-every', type=cli.positive_int, default=100)
     g.add_argument('--device', default=cli.DEFAULT_DEVICE)
     g.add_argument('--threads', type=cli.nonnegative_int, default=0, help='CPU threads per process (0 = torch\'s default)')
-    g.add_argument('--seed', type=int, default=0)
+    g.add_argument('--seed', type=cli.seed, default=0)
     preset = p.parse_known_args(argv)[0].preset
     if preset:
         p.set_defaults(**PRESETS[preset])

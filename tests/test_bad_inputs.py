@@ -389,3 +389,46 @@ def test_exported_generator_is_small_fp16_and_samples_as_the_training_checkpoint
         torch.testing.assert_close(G_slim(x, k, z), G.eval()(x, k, z), rtol=0, atol=2e-2)
     with pytest.raises(KeyError, match='no generator weights'):
         models.load_generator(tmp_path / 'slim.pt', ema=False)
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--mmd-bandwidths', '0'], 'positive'), (['--mmd-bandwidths', 'nan'], 'positive'),
+    (['--seed', str(2**64)], '2^63'), (['--seed', '-1'], '2^63')])
+def test_training_flags_that_cannot_work_fail_at_parsing(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        ti.parse_args(TINY + argv)
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('argv, message', [(['--lr-min', '1', '--lr-tmax', '5'], '--lr-min 1 is above --lr-G'),
+                                           (['--n-samples', '5000'], 'more than 1024')])
+def test_training_settings_that_cannot_work_are_refused_before_any_file(argv, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        ti.main(ti.parse_args(TINY + argv + ['--out', str(tmp_path / 'run')]))
+    assert not (tmp_path / 'run').exists()
+
+
+def test_idx_file_of_other_image_sizes_is_refused_naming_it(tmp_path):
+    import gzip
+    header = np.array([2051, 2, 30, 30], '>u4').tobytes()
+    with gzip.open(tmp_path / 'train-images-idx3-ubyte.gz', 'wb') as f:
+        f.write(header + bytes(2 * 30 * 30))
+    with gzip.open(tmp_path / 'train-labels-idx1-ubyte.gz', 'wb') as f:
+        f.write(np.array([2049, 2], '>u4').tobytes() + bytes(2))
+    with pytest.raises(ValueError, match=r'train-images-idx3-ubyte.gz holds 30x30 images'):
+        data.FashionMNIST(str(tmp_path), train=True, download=False)
+
+
+def test_a_folder_given_as_classifier_fails_before_training(tmp_path):
+    import metrics
+    with pytest.raises(ValueError, match='not a classifier file'):
+        metrics.get_classifier(str(tmp_path), data_dir=str(tmp_path))
+
+
+def test_pnp_names_the_file_of_an_odd_size(ckpt, tmp_path):
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / 'good.png')
+    Image.fromarray(np.zeros((30, 31, 3), np.uint8)).save(tmp_path / 'odd.png')
+    with pytest.raises(ValueError, match='odd: '):
+        pnp.main(pnp.build_parser().parse_args(['--task', 'sr2', '--ckpt', str(ckpt), '--no-ema', '--folder',
+                                                str(tmp_path), '--out', str(tmp_path / 'p')]))
+    assert not (tmp_path / 'p').exists()

@@ -271,3 +271,48 @@ def test_ddpm_loss_exact_predictor_closed_form(s, t):
 def test_ddpm_loss_bad_shapes():
     with pytest.raises(ValueError, match='same shape'):
         losses.ddpm_loss(torch.zeros(4, 3), torch.zeros(4, 1))
+
+
+# ---- the baseline end to end: ddpm_step, the training run, sample.py --steps --------------------
+
+def test_ddpm_step_regresses_the_noise_of_the_level_it_draws():
+    """With a network that predicts x_{k+1} / sigmabar_{k+1}, the step's loss is computable from its own
+    draws (k, then eps): ||eps - x_{k+1} / sigmabar||^2 with x_{k+1} = abar x0 + sigmabar eps."""
+    import train_images as ti
+    schedule = make_schedule('d', K=1000)
+    x0 = torch.rand(6, 1, 4, 4) * 2 - 1
+    w = torch.nn.Parameter(torch.ones(()))
+
+    def G(x_next, k, z):
+        assert z is None and k.min() >= 0 and k.max() < 1000
+        return w * x_next / schedule.std(k + 1).view(-1, 1, 1, 1)
+    opt = torch.optim.SGD([w], lr=0.0)
+    torch.manual_seed(3)
+    loss = ti.ddpm_step(G, opt, x0, schedule)['ddpm']
+    torch.manual_seed(3)
+    k = torch.randint(1000, (6,))
+    eps = torch.randn_like(x0)
+    abar, sigmabar = (v.view(-1, 1, 1, 1) for v in (schedule._table('abar', k + 1), schedule.std(k + 1)))
+    expected = (eps - (abar * x0 + sigmabar * eps) / sigmabar).pow(2).flatten(1).sum(1).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_a_ddpm_run_samples_with_ddim_steps_and_rgm_refuses_steps(tmp_path):
+    import json
+    import sample
+    import train_images as ti
+    common = ['--preset', 'tiny', '--image-size', '16', '--fake-size', '16', '--max-steps', '2', '--ckpt-every', '2',
+              '--device', 'cpu']
+    ti.main(ti.parse_args(common + ['--prior', 'ddpm', '--K', '1000', '--out', str(tmp_path / 'ddpm')]))
+    ckpt = ti.checkpoints(tmp_path / 'ddpm' / 'checkpoints')[2]
+    sample.main(sample.build_parser().parse_args(['--ckpt', ckpt, '--n', '2', '--steps', '3', '--out',
+                                                  str(tmp_path / 's')]))
+    summary = json.loads((tmp_path / 's' / 'metrics.json').read_text())
+    assert summary['nfe'] == 3 and summary['steps'] == 3
+    ti.main(ti.parse_args(common + ['--out', str(tmp_path / 'rgm')]))
+    rgm = ti.checkpoints(tmp_path / 'rgm' / 'checkpoints')[2]
+    with pytest.raises(ValueError, match='fixed by its training: drop --steps'):
+        sample.main(sample.build_parser().parse_args(['--ckpt', rgm, '--steps', '3', '--out', str(tmp_path / 'r')]))
+    assert not (tmp_path / 'r').exists()
+    with pytest.raises(ValueError, match='--prior ddpm runs on the Gaussian process d'):
+        ti.main(ti.parse_args(common + ['--prior', 'ddpm', '--schedule', 'sr', '--out', str(tmp_path / 'x')]))

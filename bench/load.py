@@ -1,0 +1,110 @@
+"""What other work on the machine costs a training step: ms per step of a preset (bench/train_step.py's
+bench(), eager, fp32, CPU) with 1 and 2 threads, alone and beside N busy processes (each a Python
+loop `while True: pass`, one core's worth of load), with OpenMP's default wait policy and with
+OMP_WAIT_POLICY=PASSIVE (idle threads sleep instead of spinning). Each row runs in a fresh process
+whose environment is set before torch is imported (OpenMP reads it once, at start-up).
+
+    python bench/load.py                                   # fashion_kld_d, 1 busy process
+    python bench/load.py --preset fashion_mmse_d --busy 2 --steps 20
+
+"Alone" means no busy process of this script's: the rest of the machine should be idle, or the
+numbers measure that too.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+import train_images  # noqa: E402  (imports torch in this process, after which the children start fresh)
+
+BUSY = 'while True: pass'
+
+
+def one_row(job):
+    """In the child: the environment is already set; torch is imported here, by train_step."""
+    sys.path.insert(0, HERE)
+    import torch
+    from train_step import bench
+    r = bench(job['preset'], 'cpu', False, 'eager', job['batch'], job['warmup'], job['steps'], job['threads'])
+    return dict(r, torch=torch.__version__, threads_used=torch.get_num_threads(),
+                omp_wait_policy=os.environ.get('OMP_WAIT_POLICY', 'default'))
+
+
+def cpu_name():
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def run_row(job, busy, policy):
+    """One row in a fresh process beside `busy` busy-loop processes (started before it, killed after)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(job['threads']))
+    env.pop('OMP_WAIT_POLICY', None)
+    if policy != 'default':
+        env['OMP_WAIT_POLICY'] = policy
+    loops = [subprocess.Popen([sys.executable, '-c', BUSY]) for _ in range(busy)]
+    try:
+        time.sleep(0.5 if busy else 0)                         # let the loops reach full speed
+        out = subprocess.run([sys.executable, __file__, '--one', json.dumps(job)], env=env,
+                             capture_output=True, text=True)
+    finally:
+        for p in loops:
+            p.kill()
+            p.wait()
+    if out.returncode:
+        return None, (out.stderr.strip().splitlines() or ['no output'])[-1][:80]
+    return json.loads(out.stdout.strip().splitlines()[-1]), None
+
+
+def main(args):
+    print(f'{cpu_name()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, '
+          f'Python {platform.python_version()}; preset {args.preset}, eager fp32, {args.steps} timed steps '
+          f'after {args.warmup}; one process per row')
+    rows, torch_version = [], None
+    for policy in ('default', 'PASSIVE'):
+        for threads in args.threads:
+            alone = None
+            for busy in dict.fromkeys((0, args.busy)):          # 0 once when --busy 0
+                job = dict(preset=args.preset, batch=args.batch, warmup=args.warmup, steps=args.steps, threads=threads)
+                r, error = run_row(job, busy, policy)
+                if r is not None:
+                    torch_version = r['torch']
+                    alone = r['ms'] if busy == 0 else alone
+                rows.append((policy, threads, busy, r, error, alone))
+    print(f'torch {torch_version}\n')
+    print('| OMP_WAIT_POLICY | threads | busy processes | batch | ms/step | images/s | x alone |')
+    print('|---|---|---|---|---|---|---|')
+    for policy, threads, busy, r, error, alone in rows:
+        if r is None:
+            print(f'| {policy} | {threads} | {busy} | failed: {error} ||||')
+            continue
+        ratio = f'{r["ms"] / alone:.2f}' if alone else '-'
+        print(f'| {policy} | {threads} | {busy} | {r["batch"]} | {r["ms"]:.1f} | {r["images_per_s"]:.1f} | {ratio} |')
+
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--preset', default='fashion_kld_d', choices=sorted(train_images.PRESETS))
+    p.add_argument('--threads', type=int, nargs='+', default=[1, 2], help='CPU threads of the training process')
+    p.add_argument('--busy', type=int, default=1, help='busy processes beside it in the loaded rows')
+    p.add_argument('--batch', type=int, help="default: the preset's global batch")
+    p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--steps', type=int, default=15, help='timed steps (R1 every lazy_reg of them)')
+    p.add_argument('--one', help=argparse.SUPPRESS)                  # internal: one row, printed as JSON
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(one_row(json.loads(args.one))))
+    else:
+        for name in ('threads', 'busy', 'warmup', 'steps', 'batch'):
+            values = getattr(args, name)
+            for v in values if isinstance(values, list) else [values]:
+                if v is not None and (v < 0 if name in ('busy', 'warmup') else v < 1):
+                    p.error(f'--{name} must be {"0 or more" if name in ("busy", "warmup") else "positive"}, got {v}')
+        main(args)

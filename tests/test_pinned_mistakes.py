@@ -405,3 +405,37 @@ def test_each_rank_draws_its_own_noise():
     assert len({ti.step_seed(0, r, s) for r in range(8) for s in range(1000)}) == 8000
     assert ti.step_seed(1, 0, 7) != ti.step_seed(0, 0, 7)
     assert ti.step_seed(0, 2, 7) == ti.step_seed(0, 2, 7)                   # a resumed run draws the same
+
+
+# ---- train_images: the NaN check at the report step, the resume's skip and log cut --------------------
+
+def test_a_term_gone_non_finite_at_the_report_step_itself_stops_the_run(tmp_path):
+    """The first bad step equals the step being checked: the check must still stop (a '< step' slip
+    would save a checkpoint right after a NaN)."""
+    monitor = ti.Monitor(['loss_D', 'loss_G'], torch.device('cpu'))
+    for step in (1, 2, 3):
+        monitor.add(dict(loss_D=torch.tensor(1.0), loss_G=torch.tensor(float('nan') if step == 3 else 2.0)), step)
+    mean, bad = monitor.reduce()
+    assert bad == {'loss_G': 3} and mean['loss_D'] == 1.0
+    with pytest.raises(FloatingPointError, match='loss_G from step 3'):
+        ti.stop_if_bad(bad, 3, ti.RunDir(str(tmp_path)))
+
+
+def test_a_resumed_epoch_continues_with_exactly_the_next_batch():
+    dataset = list(range(40))
+    sampler = ti.EpochSampler(torch.utils.data.DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True,
+                                                                  seed=0, drop_last=True))
+    sampler.set_epoch(2)
+    full = list(sampler)
+    batch, done = 4, 3                                   # three batches of epoch 2 were trained before the stop
+    sampler.set_epoch(2, skip=done * batch)
+    assert list(sampler) == full[done * batch:] and len(sampler) == len(full) - done * batch
+
+
+def test_resume_keeps_the_log_up_to_the_checkpoint_step_inclusive(tmp_path):
+    run = ti.RunDir(str(tmp_path))
+    lines = [json.dumps(dict(event='start', step=0))] + [json.dumps(dict(step=s, loss=s)) for s in (5, 10, 15)]
+    (tmp_path / 'log.jsonl').write_text('\n'.join(lines) + '\n{"step": 20, "lo')       # the last line cut by a crash
+    run.begin(10, dict(event='resume', step=10), dict(config=1), overwrite=False)
+    steps = [json.loads(line).get('step') for line in (tmp_path / 'log.jsonl').read_text().splitlines()]
+    assert steps == [0, 5, 10, 10]                       # start, 5, 10, then the resume record

@@ -415,7 +415,7 @@ def configure(args, world_size, device):
         if args.nz:
             raise ValueError(f'--prior {args.prior} trains G without a latent z: drop --nz {args.nz} (or give --nz 0)')
         if args.posterior:
-            raise ValueError(f'--prior {args.prior} has its own sampler: drop --posterior')
+            raise ValueError(f'--prior {args.prior} is sampled with its own sampler (MMSE: Algorithm 3 only): drop --posterior')
         if args.prior == 'ddpm' and args.schedule != 'd':
             raise ValueError(f'--prior ddpm runs on the Gaussian process d, not --schedule {args.schedule}')
         G_kwargs['nz'], D_kwargs = 0, None

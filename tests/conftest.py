@@ -31,3 +31,12 @@ def parity_fixture_path():
     if not path.is_file():
         pytest.skip(f'{path} is absent (tests/fixtures/README.md)')
     return path
+
+
+def generator_parity():
+    """The parity data with the authors' tiny generator (the full file only), or skip."""
+    import torch
+    fixture = torch.load(parity_fixture_path(), weights_only=True)
+    if 'G_state_dict' not in fixture:
+        pytest.skip('the generator part of the parity data is in the full 4 MB file ($RGM_PARITY_FIXTURE)')
+    return fixture

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import parity_fixture_path
+from conftest import generator_parity
 import models
 import pnp
 import schedules
@@ -461,9 +461,7 @@ def test_cli_rejects_unknown_task_and_too_many_levels(tiny, tmp_path):
 
 def test_authors_generator_loads_through_the_converter(tmp_path):
     """The --authors-config path: the authors' tiny generator (stored fixture) gives their output."""
-    fixture = torch.load(parity_fixture_path(), weights_only=True)
-    if 'G_state_dict' not in fixture:
-        pytest.skip('the generator part of the parity data is in the full 4 MB file ($RGM_PARITY_FIXTURE)')
+    fixture = generator_parity()
     torch.save(fixture['G_state_dict'], tmp_path / 'netG.pth')
     G, meta = models.open_generator(tmp_path / 'netG.pth', authors_config='tiny', schedule='d', K=4)
     inputs = fixture['G_inputs']

@@ -14,7 +14,7 @@ import torch
 import torch_fidelity
 from PIL import Image
 
-from conftest import parity_fixture_path
+from conftest import generator_parity
 import metrics
 import models
 import sample
@@ -137,7 +137,7 @@ def test_missing_corrupt_and_ema_less_checkpoints_give_clear_errors(ckpt, tmp_pa
 
 
 def test_authors_generator_file_is_converted_and_samples(tmp_path):
-    parity = torch.load(parity_fixture_path(), weights_only=True)
+    parity = generator_parity()
     netG = tmp_path / 'netG_1200.pth'           # as DataParallel saves it
     torch.save({f'module.{k}': v for k, v in parity['G_state_dict'].items()}, netG)
     G, meta = models.open_generator(str(netG), authors_config='tiny')
@@ -201,7 +201,7 @@ class LinearFeatures(torch_fidelity.FeatureExtractorBase):
 
 
 @pytest.fixture(scope='module')
-def metrics():
+def linear_fid():
     if 'rgm-test-linear' not in torch_fidelity.registry.FEATURE_EXTRACTORS_REGISTRY:
         torch_fidelity.register_feature_extractor('rgm-test-linear', LinearFeatures)
     return lambda images, reference=None, **kw: metrics.fidelity_metrics(
@@ -221,16 +221,16 @@ def _sqrtm(S):
     return vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
 
 
-def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(metrics):
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(linear_fid):
     X = _gaussian_images(4000, torch.full((12,), 128., dtype=torch.float64), 400 * torch.eye(12, dtype=torch.float64), seed=0)
-    assert abs(metrics(X, X)['fid']) < 1e-8
+    assert abs(linear_fid(X, X)['fid']) < 1e-8
     g = torch.Generator().manual_seed(1)
-    fids = [metrics((X + s * torch.randn(X.shape, generator=g)).round().clamp(0, 255).to(torch.uint8), X)['fid']
+    fids = [linear_fid((X + s * torch.randn(X.shape, generator=g)).round().clamp(0, 255).to(torch.uint8), X)['fid']
             for s in (2, 8, 16, 32)]
     assert all(a < b for a, b in zip(fids, fids[1:])), fids
 
 
-def test_fid_matches_the_closed_form_for_gaussians(metrics):
+def test_fid_matches_the_closed_form_for_gaussians(linear_fid):
     """FID(N(m1, S1), N(m2, S2)) = |m1 - m2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), features = A v + b."""
     g = torch.Generator().manual_seed(2)
     A1, A2 = (torch.randn(12, 12, generator=g, dtype=torch.float64) for _ in range(2))
@@ -244,27 +244,27 @@ def test_fid_matches_the_closed_form_for_gaussians(metrics):
     r1 = _sqrtm(S1)
     exact = float((m1 - m2).square().sum() + torch.trace(S1 + S2 - 2 * _sqrtm(r1 @ S2 @ r1)))  # tr (S1 S2)^(1/2)
     assert float((m1 - m2).square().sum()) < 0.25 * exact               # mostly the covariance term
-    assert metrics(X, Y)['fid'] == pytest.approx(exact, rel=0.03)       # Monte Carlo error ~1% at n = 40000
+    assert linear_fid(X, Y)['fid'] == pytest.approx(exact, rel=0.03)       # Monte Carlo error ~1% at n = 40000
 
 
-def test_inception_score_closed_forms(metrics):
+def test_inception_score_closed_forms(linear_fid):
     g = torch.Generator().manual_seed(5)
     n = 1000
     flat = torch.randint(0, 256, (n, 12), generator=g, dtype=torch.uint8)
     uniform = flat.clone()
     uniform[:, :10] = 77                                                 # equal logits: p(y|x) uniform
-    assert metrics(uniform.view(n, 3, 2, 2), isc=True)['is_mean'] == pytest.approx(1, abs=1e-12)
+    assert linear_fid(uniform.view(n, 3, 2, 2), isc=True)['is_mean'] == pytest.approx(1, abs=1e-12)
     confident = flat.clone()
     confident[:, :10] = 0
     confident[torch.arange(n), torch.arange(n) % 10] = 255              # one sure class each, evenly spread
-    assert metrics(confident.view(n, 3, 2, 2), isc=True, isc_splits=1)['is_mean'] == pytest.approx(10, rel=1e-6)
+    assert linear_fid(confident.view(n, 3, 2, 2), isc=True, isc_splits=1)['is_mean'] == pytest.approx(10, rel=1e-6)
     # general case: exp(E_x KL(p(y|x) || p(y))) from the same logits, by hand
     p = torch.softmax(flat[:, :10].double() / 10, dim=1)
     expected = torch.exp((p * (p.log() - p.mean(0).log())).sum(1).mean())
-    got = metrics(flat.view(n, 3, 2, 2), isc=True, isc_splits=1)['is_mean']
+    got = linear_fid(flat.view(n, 3, 2, 2), isc=True, isc_splits=1)['is_mean']
     assert got == pytest.approx(float(expected), rel=1e-9) and got > 1.001
     with pytest.raises(ValueError, match='10 splits'):                    # fewer samples than splits: NaN otherwise
-        metrics(flat[:9].view(9, 3, 2, 2), isc=True)
+        linear_fid(flat[:9].view(9, 3, 2, 2), isc=True)
 
 
 def test_missing_inception_weights_say_which_file_and_where(tmp_path, monkeypatch):

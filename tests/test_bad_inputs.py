@@ -60,6 +60,7 @@ PARSE_ERRORS = [
     (ti.parse_args, ['--max-steps', '-5'], '--max-steps'),
     (ti.parse_args, ['--batch-size', '0'], '--batch-size'),
     (ti.parse_args, ['--ema-decay', '1.5'], '--ema-decay'),
+    (ti.parse_args, ['--ema-decay', '1'], '--ema-decay'),
     (ti.parse_args, ['--seed', '0', '--lr-G=-1e-4'], '--lr-G'),
     (ti.parse_args, ['--K', '0'], '--K'),
     (lambda a: sample.build_parser().parse_args(a), ['--ckpt', 'x.pt', '--n', '0'], '--n'),

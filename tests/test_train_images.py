@@ -199,6 +199,14 @@ def test_folder_counts_each_file_once_through_symbolic_link_loops(tmp_path):
     assert len(data.build_dataset('folder', str(tmp_path), 8)) == 3
 
 
+def test_folder_follows_a_link_to_images_outside_it(tmp_path):
+    (tmp_path / 'elsewhere').mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'elsewhere' / 'far.png')
+    (tmp_path / 'root').mkdir()
+    (tmp_path / 'root' / 'linked').symlink_to(tmp_path / 'elsewhere', target_is_directory=True)
+    assert [Path(f).name for f in data.list_images(str(tmp_path / 'root'))] == ['far.png']
+
+
 # ---- runs ----------------------------------------------------------------------
 
 def test_run_directory_and_checkpoint_contract(tmp_path):

@@ -433,3 +433,10 @@ def test_pnp_names_the_file_of_an_odd_size(ckpt, tmp_path):
         pnp.main(pnp.build_parser().parse_args(['--task', 'sr2', '--ckpt', str(ckpt), '--no-ema', '--folder',
                                                 str(tmp_path), '--out', str(tmp_path / 'p')]))
     assert not (tmp_path / 'p').exists()
+
+
+def test_a_latent_too_large_to_allocate_names_the_flag_before_any_file(tmp_path):
+    out = tmp_path / 'run'
+    with pytest.raises(MemoryError, match='--nz 100000000000'):
+        ti.main(ti.parse_args(TINY + ['--nz', str(10**11), '--out', str(out)]))
+    assert not out.exists() or snapshot(out) == {}

@@ -185,6 +185,8 @@ class DSWD:
         self.transform = transform      # f: maps unit directions to unit directions (TransformNet)
         self.num_projections = num_projections
         self.p, self.C, self.inner_steps = p, C, inner_steps
+        # The defaults (lr 5e-4, betas (0.5, 0.999)) are Nguyen et al.'s; both trainers of this project
+        # pass the authors' critic settings instead: D's learning rate and betas (0.5, 0.9).
         self.opt = torch.optim.Adam(transform.parameters(), lr=lr, betas=betas)
 
     def directions(self, dim, device, generator=None):

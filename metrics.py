@@ -187,6 +187,9 @@ class Scores:
             print(f"FD {scores['fd']:.3f} against {len(self.test)} test images (floor: {len(self.floor_train)} "
                   f"training images score {scores['fd_floor']:.3f}); class shares {scores['min_class_share']:.3f} "
                   f"to {scores['max_class_share']:.3f}: " + ' '.join(f'{v:.3f}' for v in scores['class_shares'].values()))
+            if scores['precision'] is not None:
+                print(f"KID {scores['kid_mean']:.5f} +- {scores['kid_std']:.5f}, precision {scores['precision']:.3f}, "
+                      f"recall {scores['recall']:.3f} (k = {PRC_K})")
         return out
 
 

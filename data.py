@@ -186,6 +186,11 @@ def to_model(im):
 DATASETS = ('cifar10', 'celeba_hq', 'lsun_church', 'folder', 'fake', 'fashion_mnist')
 
 
+def channels_of(name):
+    """Image channels of a training set: 1 for Fashion-MNIST, 3 (RGB) for every other."""
+    return 1 if name == 'fashion_mnist' else 3
+
+
 class ImageFiles(torch.utils.data.Dataset):
     """Every image under a folder (list_images), as (image, 0) like torchvision's data sets. A file that
     cannot be decoded stops the run naming it (the trainer can check them all first: --check-images)."""

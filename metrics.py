@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch_fidelity
+from torch_fidelity.defaults import DEFAULTS
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
@@ -83,11 +84,13 @@ def reference_input(reference, image_size, slot=2):
         if image_size != 32:
             raise ValueError(f'the cifar10 reference holds 32x32 images, the samples are {image_size}x{image_size}')
         return {f'input{slot}': 'cifar10-train'}
-    folder = Path(reference)
-    files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in ('.png', '.jpg', '.jpeg')) \
-        if folder.is_dir() else []
+    # torch-fidelity reads the folder itself, by its own rule (not data.list_images): the files directly
+    # in it with the extensions of its samples_find_ext; the cache key lists the same files.
+    folder, extensions = Path(reference), tuple('.' + e for e in DEFAULTS['samples_find_ext'].split(','))
+    files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in extensions) if folder.is_dir() else []
     if not files:
-        raise FileNotFoundError(f'reference {reference!r} is neither cifar10 nor a folder of .png/.jpg images')
+        raise FileNotFoundError(f'reference {reference!r} is neither cifar10 nor a folder of '
+                                f'{"/".join(extensions)} images (torch-fidelity reads only those, not subfolders)')
     key = hashlib.sha1('\n'.join([str(folder.resolve()), str(image_size), *files]).encode()).hexdigest()[:12]
     name = re.sub(r'[^A-Za-z0-9_.-]', '_', f'folder-{folder.name}-{image_size}px-{key}')
     return {f'input{slot}': str(folder), f'input{slot}_cache_name': name, 'samples_resize_and_crop': image_size}
@@ -412,6 +415,12 @@ def precision_recall(features_gen, features_ref, k=PRC_K, batch_size=1000):
             round(r[KEY_METRIC_RECALL] * len(f_ref)) / len(f_ref))
 
 
+def box_blur(images, size):
+    """Images (uint8, or float in [-1, 1]) through a size x size box filter (mean over the pixels of the
+    window inside the image), as float in [-1, 1]: real images made blurry, for scale."""
+    return F.avg_pool2d(as_float(images), size, stride=1, padding=size // 2, count_include_pad=False)
+
+
 def reference_scores(classifier=DEFAULT_CLASSIFIER, data_dir='data', n=10_000, progress=True):
     """What real images score, for scale: {'floor': n training images against n test images, 'blur3',
     'blur5': the same training images through a 3x3 / 5x5 box filter}, each as fashion_scores returns."""
@@ -420,8 +429,7 @@ def reference_scores(classifier=DEFAULT_CLASSIFIER, data_dir='data', n=10_000, p
     train = data.FashionMNIST(data_dir, train=True).images[:n]
     out = dict(floor=fashion_scores(net, train, test))
     for size in (3, 5):
-        blurred = F.avg_pool2d(as_float(train), size, stride=1, padding=size // 2, count_include_pad=False)
-        out[f'blur{size}'] = fashion_scores(net, blurred, test)
+        out[f'blur{size}'] = fashion_scores(net, box_blur(train, size), test)
     return out
 
 

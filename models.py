@@ -592,14 +592,24 @@ def load_generator(path, device='cpu', ema=True):
     return G.to(device).eval().requires_grad_(False), dict(ckpt['meta'])
 
 
+def first_non_finite(state):
+    """The name of the first floating-point tensor of a state dict that holds NaN or inf, or None;
+    one device sync for the whole dict."""
+    named = [(name, v) for name, v in state.items() if torch.is_tensor(v) and v.is_floating_point()]
+    if not named:
+        return None
+    finite = torch.stack([v.isfinite().all() for _, v in named]).tolist()
+    return next((name for (name, _), ok in zip(named, finite) if not ok), None)
+
+
 def check_finite(state, where):
     """Refuse a state dict with a NaN or inf weight, naming the first such tensor: a generator with
     one would write black images and normal-looking scores."""
-    for name, v in state.items():
-        if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all():
-            bad = (~torch.isfinite(v)).sum().item()
-            raise ValueError(f'{where} holds non-finite weights: {name} has {bad} NaN/inf value(s) of '
-                             f'{v.numel()}; the training that wrote it diverged (use an earlier checkpoint)')
+    name = first_non_finite(state)
+    if name is not None:
+        v = state[name]
+        raise ValueError(f'{where} holds non-finite weights: {name} has {(~torch.isfinite(v)).sum().item()} NaN/inf '
+                         f'value(s) of {v.numel()}; the training that wrote it diverged (use an earlier checkpoint)')
 
 
 def export_generator(ckpt, path, half=True):

@@ -115,14 +115,18 @@ def write_samples(images, out, fmt):
 # ----------------------------------------------------------------------------
 # Figures: the sampling trajectory, and the role of z (paper Figure 5).
 
+def thin(xs, n=11):
+    """At most n evenly spaced states of a trajectory, first and last kept (a DDPM's has 1001)."""
+    return xs if len(xs) <= n else [xs[round(i * (len(xs) - 1) / (n - 1))] for i in range(n)]
+
+
 @torch.no_grad()
 def trajectory_figure(G, schedule, meta, path, n=8, generator=None, noise_scale=0.999, steps=None):
     """One row per sample: x_K, ..., x_0 of Algorithm 3 (a DDPM's: 11 evenly spaced states of its
     sampler). Returns the list [x_K, ..., x_0]."""
     shape = (n, meta['channels'], meta['image_size'], meta['image_size'])
     xs = draw(G, schedule, meta, shape, generator, noise_scale, steps, trajectory=True)
-    if len(xs) > 11:
-        xs = [xs[round(i * (len(xs) - 1) / 10)] for i in range(11)]
+    xs = thin(xs)
     save_grid(models.to_uint8(torch.stack(xs, 1).flatten(0, 1)).cpu(), path, nrow=len(xs))   # (n (K+1), C, H, W)
     return xs
 
@@ -267,8 +271,7 @@ def write_versus(G, schedule, meta, args, device, out, n=64):
         shape = (n, m['channels'], m['image_size'], m['image_size'])
         xs = draw(net, sched, m, shape, chunk_generator(args.seed, 0, device), args.noise_scale,
                   args.steps if m.get('prior') == 'ddpm' else None, trajectory=True)
-        if len(xs) > 11:
-            xs = [xs[round(i * (len(xs) - 1) / 10)] for i in range(11)]
+        xs = thin(xs)
         columns[name] = models.to_uint8(xs[-1]).cpu()
         trajectories[name] = [x[0] for x in xs]
     versus_figure(columns, trajectories, out / 'versus.png')

@@ -334,8 +334,8 @@ def _on(v, x):
 
 
 def _at(schedule, name, t, x):
-    """Table entry `name` at level t (a Python int: the whole batch is at one level), 0-dim."""
-    return _on(getattr(schedule, name)[t], x)
+    """Table entry `name` at level t (a Python int: the whole batch is at one level), 0-dim, usable with x."""
+    return _on(schedule._table(name, t), x)
 
 
 def _x0_from_eps(schedule, x, eps_hat, t, clip_x0):
@@ -402,6 +402,6 @@ def sample_ddim(eps_net, schedule, shape, steps, device=None, generator=None, tr
         x0_hat = _x0_from_eps(schedule, x, eps_hat, t, clip_x0)                 # Eq. 12, "predicted x0"
         if clip_x0:                                                             # the noise it implies
             eps_hat = (x - _at(schedule, 'abar', t, x) * x0_hat) / _at(schedule, 'sigmabar', t, x)
-        x = _at(schedule, 'abar', t_next, x) * x0_hat + _at(schedule, 'sigmabar', t_next, x) * eps_hat  # Eq. 12
+        x = schedule.sample(x0_hat, t_next, noise=eps_hat)   # Eq. 12: the marginal at t' with the same noise
         xs.append(x)
     return xs if trajectory else x

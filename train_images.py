@@ -95,9 +95,6 @@ PRIOR_CHOICES = sorted(losses.PRIORS) + list(BASELINES)
 # ----------------------------------------------------------------------------
 # Data (data.py builds the sets; the random horizontal flip happens on the device, in the loop).
 
-DATASET_CHANNELS = {'fashion_mnist': 1}     # every other data set is RGB
-
-
 class EpochSampler(torch.utils.data.Sampler):
     """This rank's share of a shuffled epoch (DistributedSampler), less its first `skip` indices,
     so that a run resumed mid-epoch sees the rest of that epoch's images in the same order."""
@@ -422,8 +419,8 @@ def configure(args, world_size, device):
     if G_kwargs['nz'] < 0:
         raise ValueError(f'--nz must be >= 0 (0 = no latent z), got {G_kwargs["nz"]}')
     channels = G_kwargs.get('in_channels', 3)
-    if DATASET_CHANNELS.get(args.dataset, 3) != channels:
-        wanted = DATASET_CHANNELS.get(args.dataset, 3)
+    if data.channels_of(args.dataset) != channels:
+        wanted = data.channels_of(args.dataset)
         raise ValueError(f'--dataset {args.dataset} has {wanted}-channel images but --net {args.net} makes '
                          f'{channels}-channel ones: choose a --net of {wanted} channel(s) ('
                          + ', '.join(n for n, c in models.CONFIGS.items() if c['G'].get('in_channels', 3) == wanted) + ')')
@@ -573,10 +570,8 @@ class Nets:
         nets = [(name, getattr(self, name)) for name in ('G', 'G_ema', 'D') if getattr(self, name) is not None]
         if self.transform is not None:
             nets.append(('transform', self.transform))
-        named = [(f'{net_name}.{name}', p) for net_name, net in nets for name, p in net.state_dict().items()
-                 if p.is_floating_point()]
-        finite = torch.stack([p.isfinite().all() for _, p in named]).tolist()
-        return next((name for (name, _), ok in zip(named, finite) if not ok), None)
+        return models.first_non_finite({f'{net_name}.{name}': p for net_name, net in nets
+                                        for name, p in net.state_dict().items()})
 
 
 def build_nets(args, setup, device, steps_per_epoch, memory_format):

@@ -1,5 +1,7 @@
-"""Timing helper shared by the benchmark scripts."""
+"""Helpers shared by the benchmark scripts (and the torchrun tests): timing, and the processes
+started under a torchrun agent."""
 import time
+from pathlib import Path
 
 import torch
 
@@ -50,3 +52,19 @@ def untrained_generator(args):
     with torch.device(device):
         G = models.NCSNpp(**config).eval().requires_grad_(False)
     return G, device, config['image_size'], config['nz']
+
+
+def child_pids(pid, env_prefix=None):
+    """Process ids whose parent is `pid` (read from /proc), optionally only those whose environment
+    holds a variable starting with `env_prefix` (bytes, e.g. b'RANK=1')."""
+    kids = []
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            if int(stat.read_text().rsplit(')', 1)[1].split()[1]) != pid:
+                continue
+            if env_prefix is None or any(v.startswith(env_prefix)
+                                         for v in (stat.parent / 'environ').read_bytes().split(b'\0')):
+                kids.append(int(stat.parent.name))
+        except OSError:                                     # the process ended meanwhile
+            continue
+    return kids

@@ -38,7 +38,7 @@ MODEL_ROWS = {
 }
 REAL_ROWS = {'floor': '10,000 training images (the floor)', 'blur3': 'training images, 3x3 box blur',
              'blur5': 'training images, 5x5 box blur'}
-ROWS = {**{name: label for name, label in REAL_ROWS.items()}, **{name: row[0] for name, row in MODEL_ROWS.items()}}
+ROWS = {**REAL_ROWS, **{name: row[0] for name, row in MODEL_ROWS.items()}}
 SEEDED_ROW = 'kld_d'            # scored over three sampling seeds: how much of a difference is noise
 # Seconds per training step alone on the 2-core VM at 2 threads (bench/train_step.py), and per sampled
 # image at NFE 1: estimates for --dry-run until a row's own log says better.
@@ -62,7 +62,7 @@ def progress(root, row):
     """(steps done, seconds per step from the run's own log or the estimate)."""
     cfg = preset_args(row)
     done = max(train_images.checkpoints(str(root / row / 'checkpoints')) or [0])
-    per_step = STEP_SECONDS['mmse' if cfg.prior == 'mmse' else cfg.prior if cfg.prior in STEP_SECONDS else 'kld']
+    per_step = STEP_SECONDS.get(cfg.prior, STEP_SECONDS['kld'])
     log = root / row / 'log.jsonl'
     if log.is_file():
         rates = [r['img_per_s'] for r in map(json.loads, log.read_text().splitlines()) if 'img_per_s' in r]
@@ -97,11 +97,6 @@ def score(root, row, seed, n, data_dir, classifier):
              '--batch-size', '500', '--seed', str(seed), '--data-dir', data_dir, '--classifier', classifier,
              '--out', str(out), '--overwrite'], root / f'{row}.sample.log')
     return json.loads(path.read_text())
-
-
-def real_rows(n, data_dir, classifier):
-    """The floor and the blurred real images, scored like samples (metrics.reference_scores)."""
-    return metrics.reference_scores(classifier, data_dir, n)
 
 
 def estimate(root, rows, n, seeds):
@@ -141,7 +136,7 @@ def main(args):
             train(root, row, args.data_dir)
         results[row] = [score(root, row, seed, args.n, args.data_dir, args.classifier) for seed in seeds[row]]
     if any(row in REAL_ROWS for row in rows):
-        real = real_rows(args.n, args.data_dir, args.classifier)
+        real = metrics.reference_scores(args.classifier, args.data_dir, args.n)   # the floor, blurred images
         results.update({row: [real[row]] for row in rows if row in REAL_ROWS})
     write_table(root, rows, results, args.n)
     write_figure(root, [row for row in rows if row in REAL_ROWS or final_checkpoint(root, row)], args.data_dir)
@@ -187,7 +182,6 @@ def row_samples(root, row, data_dir, n=16):
     the row's final model drawn as sample.py draws them with --seed 0 (chunk 0: the same start noise x_K
     for every row whose start distribution has one shape)."""
     import torch
-    import torch.nn.functional as F
     import data
     import models
     import sample
@@ -196,9 +190,7 @@ def row_samples(root, row, data_dir, n=16):
         images = data.FashionMNIST(data_dir, train=True).images[:n]
         if row == 'floor':
             return images
-        size = int(row[-1])
-        blurred = F.avg_pool2d(metrics.as_float(images), size, stride=1, padding=size // 2, count_include_pad=False)
-        return models.to_uint8(blurred)
+        return models.to_uint8(metrics.box_blur(images, int(row[-1])))
     G, meta = models.load_generator(str(final_checkpoint(root, row)))
     with torch.no_grad():
         return sample.generate(G, schedule_of(meta), meta, n, batch_size=n, seed=0)

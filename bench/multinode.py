@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import child_pids
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -32,24 +34,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
-
-
-def workers_of(pid):
-    """Process ids whose parent is `pid` and whose environment holds torchrun's RANK (read from /proc)."""
-    kids = []
-    for stat in Path('/proc').glob('[0-9]*/stat'):
-        try:
-            fields = stat.read_text().rsplit(')', 1)[1].split()
-        except OSError:                                     # the process ended meanwhile
-            continue
-        try:
-            is_worker = int(fields[1]) == pid and any(
-                v.startswith(b'RANK=') for v in (stat.parent / 'environ').read_bytes().split(b'\0'))
-        except OSError:
-            continue
-        if is_worker:
-            kids.append(int(stat.parent.name))
-    return kids
 
 
 def checkpoint_steps(out):
@@ -86,7 +70,7 @@ def main(args):
                 break
             time.sleep(0.05)
         first = checkpoint_steps(out)
-        workers = workers_of(agents[1][0].pid) if agents[1][0].poll() is None else []
+        workers = child_pids(agents[1][0].pid, b'RANK=') if agents[1][0].poll() is None else []
         if first and workers:
             killed = (first[0], workers)
             for pid in workers:

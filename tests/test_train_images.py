@@ -19,6 +19,7 @@ from PIL import Image
 
 import data
 import losses
+from bench.common import child_pids
 import models
 import train_images as ti
 from schedules import make_schedule
@@ -277,18 +278,6 @@ def test_nan_stops_naming_step_and_term_and_keeps_the_last_checkpoint(tmp_path, 
     assert list(found) == [2] and models.load_checkpoint(found[2])['step'] == 2
 
 
-def _children(pid):
-    kids = []
-    for stat in Path('/proc').glob('[0-9]*/stat'):
-        try:
-            fields = stat.read_text().rsplit(')', 1)[1].split()
-        except OSError:                                     # the process ended meanwhile
-            continue
-        if int(fields[1]) == pid:
-            kids.append(int(stat.parent.name))
-    return kids
-
-
 def _wait_for_checkpoint(out, step, proc, log, timeout=120):
     """Wait until the running `proc` has written a checkpoint at `step` or later."""
     start = time.time()
@@ -332,8 +321,7 @@ def test_torchrun_two_gloo_ranks_restart_after_a_killed_worker(tmp_path):
                              '--max-steps', '16', '--ckpt-every', '2', '--log-every', '1', '--sample-every', '100'],
                             cwd=REPO, env=ENV, stdout=(tmp_path / 'out').open('w'), stderr=(tmp_path / 'err').open('w'))
     _wait_for_checkpoint(out, 4, proc, tmp_path / 'err')
-    workers = [pid for pid in _children(proc.pid)
-               if b'RANK=1' in Path(f'/proc/{pid}/environ').read_bytes().split(b'\0')]
+    workers = child_pids(proc.pid, b'RANK=1')
     assert len(workers) == 1
     os.kill(workers[0], signal.SIGKILL)
     assert proc.wait(timeout=240) == 0, (tmp_path / 'err').read_text()[-3000:]

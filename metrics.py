@@ -171,13 +171,26 @@ class Scores:
             self.net, accuracy, trained = get_classifier(self.classifier_path, data_dir)
             print(f'Fashion-MNIST classifier {self.classifier_path} ({"trained now" if trained else "cached"}): '
                   f'test accuracy {accuracy:.4f}')
-            self.test = data.FashionMNIST(data_dir, train=False).images
-            self.floor_train = data.FashionMNIST(data_dir, train=True).images[:len(self.test)]
-            out.update(classifier_test_accuracy=accuracy)
+            self.ref, source = self.fashion_reference(data_dir)
+            print(f'Fashion-MNIST reference: {source}')
+            out.update(classifier_test_accuracy=accuracy, reference=source)
             if self.n < 1000:
                 print(f'note: a Frechet distance on {self.n} samples is biased upwards; compare runs at the same '
                       '--n (docs/fashion_mnist.md uses 10,000)')
         return out
+
+    def fashion_reference(self, data_dir):
+        """(reference_of the test images, where it came from): computed from the data set when its files
+        are on disk; else the statistics stored in the classifier file; else the data set, downloaded."""
+        stored = None
+        if data.find_fashion_files(data_dir, train=False) is None:
+            stored = stored_reference(self.classifier_path)
+        if stored is not None:
+            return stored, (f"the statistics of {stored['n']} test images stored in {self.classifier_path} "
+                            f"(KID, precision / recall against {len(stored['features'])} of their features)")
+        test = data.FashionMNIST(data_dir, train=False).images
+        floor_train = data.FashionMNIST(data_dir, train=True).images[:len(test)]
+        return reference_of(self.net, test, floor_train, progress=True), f'{len(test)} test images'
 
     def __call__(self, images):
         out = {}
@@ -185,10 +198,10 @@ class Scores:
             out.update(fidelity_metrics(images, self.reference if self.fid else None, isc=self.isc,
                                         **self.fidelity_kwargs))
         if self.fashion:
-            scores = fashion_scores(self.net, images, self.test, self.floor_train, progress=True)
+            scores = scores_against(self.net, images, self.ref, progress=True)
             out.update(scores)
-            print(f"FD {scores['fd']:.3f} against {len(self.test)} test images (floor: {len(self.floor_train)} "
-                  f"training images score {scores['fd_floor']:.3f}); class shares {scores['min_class_share']:.3f} "
+            print(f"FD {scores['fd']:.3f} against {self.ref['n']} test images (floor: as many training "
+                  f"images score {scores['fd_floor']:.3f}); class shares {scores['min_class_share']:.3f} "
                   f"to {scores['max_class_share']:.3f}: " + ' '.join(f'{v:.3f}' for v in scores['class_shares'].values()))
             if scores['precision'] is not None:
                 print(f"KID {scores['kid_mean']:.5f} +- {scores['kid_std']:.5f}, precision {scores['precision']:.3f}, "
@@ -200,7 +213,11 @@ class Scores:
 # Fashion-MNIST: a Frechet distance in a small classifier's features, and the class shares.
 
 CLASSIFIER_FORMAT = 'rgm-fashion-classifier-v1'
-DEFAULT_CLASSIFIER = os.path.join(torch.hub.get_dir(), 'checkpoints', 'rgm_fashion_classifier.pt')
+# The classifier shipped in the repository (with the test set's statistics) when it is there, else a
+# cache that `python metrics.py` or the first Fashion-MNIST score trains.
+SHIPPED_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'checkpoints', 'fashion_classifier.pt')
+DEFAULT_CLASSIFIER = SHIPPED_CLASSIFIER if os.path.isfile(SHIPPED_CLASSIFIER) else \
+    os.path.join(torch.hub.get_dir(), 'checkpoints', 'rgm_fashion_classifier.pt')
 
 
 class Classifier(nn.Module):
@@ -288,9 +305,17 @@ def train_classifier(train_set, test_set, epochs=5, batch_size=128, lr=2e-3, see
     return net.eval(), accuracy
 
 
-def save_classifier(net, accuracy, path):
-    """Written atomically, as every checkpoint of the project (models.save_checkpoint)."""
-    models.save_checkpoint(dict(format=CLASSIFIER_FORMAT, state=net.state_dict(), test_accuracy=accuracy), path)
+def save_classifier(net, accuracy, path, reference=None):
+    """Written atomically, as every checkpoint of the project (models.save_checkpoint). `reference`
+    (reference_of of the test images) lets sample.py score without the data set on disk."""
+    models.save_checkpoint(dict(format=CLASSIFIER_FORMAT, state=net.state_dict(), test_accuracy=accuracy,
+                                reference=reference), path)
+
+
+def stored_reference(path):
+    """The test set's reference stored in a classifier file (features restored to float64), or None."""
+    ref = torch.load(path, map_location='cpu', weights_only=True).get('reference')
+    return None if ref is None else dict(ref, features=ref['features'].double())
 
 
 def load_classifier(path):
@@ -321,24 +346,44 @@ def get_classifier(path=DEFAULT_CLASSIFIER, data_dir='data', progress=True, **tr
     return net, accuracy, True
 
 
-def fashion_scores(net, samples, reference, floor_train=None, progress=False):
-    """FD of samples against the reference images, class shares of the samples, and the floor (the FD
-    of `floor_train` real images against the same reference) when given. Also KID (kid_mean, kid_std)
-    and precision / recall (k = PRC_K) in the same features; precision and recall are None when a side
-    has PRC_K images or fewer (no k-th neighbour)."""
+def reference_of(net, reference, floor_train=None, n_features=None, progress=False):
+    """What the scores need of the reference images, in the classifier's features: their Gaussian
+    statistics (mu, sigma: the FD), the features themselves (KID, precision / recall; the first
+    `n_features` of them, all when None) and the floor, the FD of `floor_train` real images against
+    them (None without). A dict of tensors, so a classifier file can store it."""
     f_ref, _ = run_classifier(net, reference, progress=progress, desc='reference features')
+    stats = fid_features_to_statistics(f_ref)
+    floor = None
+    if floor_train is not None:
+        floor = frechet_distance(run_classifier(net, floor_train, progress=progress, desc='floor features')[0], f_ref)
+    return dict(mu=torch.as_tensor(stats['mu']), sigma=torch.as_tensor(stats['sigma']), n=len(reference),
+                features=f_ref[:n_features], fd_floor=floor)
+
+
+def scores_against(net, samples, ref, progress=False):
+    """FD of samples against a reference (reference_of), the class shares of the samples, KID
+    (kid_mean, kid_std) and precision / recall (k = PRC_K) in the same features, and the floor when the
+    reference has one. Precision and recall are None when a side has PRC_K images or fewer."""
     f_gen, pred = run_classifier(net, samples, progress=progress, desc='sample features')
+    if len(f_gen) < 2:
+        raise ValueError('a Frechet distance needs at least 2 samples on each side (a covariance)')
     shares = class_shares(pred)
-    out = dict(fd=frechet_distance(f_gen, f_ref), n_samples=len(samples), n_reference=len(reference),
-               class_shares=dict(zip(data.FASHION_CLASSES, shares)), min_class_share=min(shares),
-               max_class_share=max(shares))
+    stats = {key: v.numpy() for key, v in (('mu', ref['mu']), ('sigma', ref['sigma']))}
+    out = dict(fd=fid_statistics_to_metric(fid_features_to_statistics(f_gen), stats, verbose=False)[KEY_METRIC_FID],
+               n_samples=len(samples), n_reference=ref['n'], class_shares=dict(zip(data.FASHION_CLASSES, shares)),
+               min_class_share=min(shares), max_class_share=max(shares))
+    f_ref = ref['features'].double()
     out['kid_mean'], out['kid_std'] = kid(f_gen, f_ref)
     enough = min(len(f_gen), len(f_ref)) > PRC_K
     out['precision'], out['recall'] = precision_recall(f_gen, f_ref) if enough else (None, None)
-    if floor_train is not None:
-        out['fd_floor'] = frechet_distance(run_classifier(net, floor_train, progress=progress,
-                                                          desc='floor features')[0], f_ref)
+    if ref.get('fd_floor') is not None:
+        out['fd_floor'] = ref['fd_floor']
     return out
+
+
+def fashion_scores(net, samples, reference, floor_train=None, progress=False):
+    """scores_against the reference images (all of their features), with the floor of `floor_train`."""
+    return scores_against(net, samples, reference_of(net, reference, floor_train, progress=progress), progress)
 
 
 # ---- beyond the Frechet distance: KID, precision and recall ----------------------------------------

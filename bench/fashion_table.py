@@ -118,7 +118,36 @@ def estimate(root, rows, n, seeds):
     return lines, total
 
 
+SHIPPED_ROWS = ('kld_d', 'kld_sr', 'dswd_d', 'mmse_d')       # checkpoints/<preset>.pt, with the classifier
+SHIPPED_FEATURES = 4000          # test features kept for KID and precision / recall (fp16: 1 MB)
+
+
+def ship(root, data_dir, classifier):
+    """Write into checkpoints/ what a fresh clone samples and scores with: the EMA generator of each
+    trained row of SHIPPED_ROWS (models.export_generator, fp16) and the classifier with the test set's
+    statistics, its first SHIPPED_FEATURES features in fp16 and the floor (metrics.reference_of)."""
+    import torch
+    import data
+    import models
+    out = ROOT / 'checkpoints'
+    for row in SHIPPED_ROWS:
+        ckpt = final_checkpoint(root, row)
+        if ckpt is not None:
+            path = out / f'{MODEL_ROWS[row][1]}.pt'
+            models.export_generator(models.load_checkpoint(ckpt), path)
+            print(f'wrote {path} ({path.stat().st_size / 2**20:.2f} MB)')
+    net, accuracy = metrics.load_classifier(classifier)
+    test = data.FashionMNIST(data_dir, train=False).images
+    ref = metrics.reference_of(net, test, data.FashionMNIST(data_dir, train=True).images[:len(test)])
+    ref['features'] = ref['features'][:SHIPPED_FEATURES].half()
+    metrics.save_classifier(net, accuracy, out / 'fashion_classifier.pt', reference=ref)
+    print(f"wrote {out / 'fashion_classifier.pt'} ({(out / 'fashion_classifier.pt').stat().st_size / 2**20:.2f} MB; "
+          f"test accuracy {accuracy:.4f}, floor FD {ref['fd_floor']:.3f})")
+
+
 def main(args):
+    if args.ship:
+        return ship(Path(args.root), args.data_dir, args.classifier)
     root, rows = Path(args.root), args.rows or list(ROWS)
     seeds = {row: [0, 1, 2] if row == SEEDED_ROW else [0] for row in rows}
     lines, total = estimate(root, rows, args.n, seeds)
@@ -260,6 +289,8 @@ if __name__ == '__main__':
     p.add_argument('--data-dir', default='data', help='Fashion-MNIST files (see data.py)')
     p.add_argument('--classifier', default=metrics.DEFAULT_CLASSIFIER, help='the classifier file (metrics.py)')
     p.add_argument('--dry-run', action='store_true', help='print what would be done and how long it would take')
+    p.add_argument('--ship', action='store_true', help='only write the trained generators of ' + ', '.join(SHIPPED_ROWS)
+                   + ' and the classifier with the test statistics into checkpoints/')
     p.add_argument('--pnp', action='store_true', help='also Table 4 in small: KLD-D and KLD-SR on denoise, sr2, sr4')
     p.add_argument('--pnp-n', type=int, default=100, help='training images for the settings, test images scored')
     args = p.parse_args()

@@ -259,3 +259,27 @@ def test_pnp_tune_ranks_settings_on_training_images(fashion_runs, capsys):
     blocks = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode='nearest')
     expected = (10 * torch.log10(1 / (blocks.double() - x.double()).square().flatten(1).mean(1))).mean().item()
     assert f'pinv {expected:.2f}' in out
+
+
+def test_without_the_data_set_sample_scores_from_the_statistics_in_the_classifier_file(fashion_runs, tmp_path,
+                                                                                      monkeypatch):
+    """The shipped-classifier path: the test set's mean, covariance, floor and (fp16) features stored in
+    the classifier file give the FD and floor that the images themselves give."""
+    tmp, folder, runs = fashion_runs
+    net, accuracy = metrics.load_classifier(str(tmp / 'clf.pt'))
+    test = data.FashionMNIST(str(folder), train=False).images
+    ref = metrics.reference_of(net, test, data.FashionMNIST(str(folder), train=True).images[:len(test)])
+    ref['features'] = ref['features'].half()
+    metrics.save_classifier(net, accuracy, str(tmp_path / 'shipped.pt'), reference=ref)
+    common = ['--ckpt', str(runs['kld']), '--n', '20', '--batch-size', '10', '--classifier', str(tmp_path / 'shipped.pt'),
+              '--device', 'cpu']
+    sample.main(sample.build_parser().parse_args(common + ['--data-dir', str(folder), '--out', str(tmp_path / 'a')]))
+    monkeypatch.setattr(data, 'FASHION_SYSTEM_DIR', str(tmp_path / 'nowhere'))
+    (tmp_path / 'empty').mkdir()
+    sample.main(sample.build_parser().parse_args(common + ['--data-dir', str(tmp_path / 'empty'), '--out',
+                                                           str(tmp_path / 'b')]))
+    a, b = (json.loads((tmp_path / d / 'metrics.json').read_text()) for d in 'ab')
+    assert 'stored in' in b['reference'] and a['reference'] == '32 test images'
+    assert b['fd'] == pytest.approx(a['fd'], rel=1e-9) and b['fd_floor'] == pytest.approx(a['fd_floor'], rel=1e-9)
+    assert b['n_reference'] == a['n_reference'] == 32 and b['class_shares'] == a['class_shares']
+    assert b['kid_mean'] == pytest.approx(a['kid_mean'], abs=1e-3)          # fp16 features

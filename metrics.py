@@ -14,9 +14,11 @@ poor fit for 28 x 28 gray clothes and need a download; this classifier needs nei
 
     python metrics.py          # train (or load) the cached classifier; print its accuracy, the floor,
                                # and the distance of blurred real images, for scale
+    python metrics.py --samples runs/x/samples.npz   # score saved samples again (sample.py --format npz)
 """
 import argparse
 import hashlib
+import json
 import os
 import re
 import urllib.error
@@ -247,6 +249,11 @@ def as_float(images):
     return images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
 
 
+def mean_pixel(images):
+    """The mean pixel value of images (uint8, or float in [-1, 1]) on the 0..255 scale."""
+    return float((as_float(images).double().mean() + 1) * 127.5)
+
+
 @torch.no_grad()
 def run_classifier(net, images, batch_size=500, progress=False, desc='features'):
     """(features (N, F) float64, predicted labels (N,)) of images (uint8 or float in [-1, 1])."""
@@ -350,20 +357,23 @@ def reference_of(net, reference, floor_train=None, n_features=None, progress=Fal
     """What the scores need of the reference images, in the classifier's features: their Gaussian
     statistics (mu, sigma: the FD), the features themselves (KID, precision / recall; the first
     `n_features` of them, all when None) and the floor, the FD of `floor_train` real images against
-    them (None without). A dict of tensors, so a classifier file can store it."""
+    them (None without) and their mean pixel value (0..255). A dict of tensors, so a classifier file can
+    store it."""
     f_ref, _ = run_classifier(net, reference, progress=progress, desc='reference features')
     stats = fid_features_to_statistics(f_ref)
     floor = None
     if floor_train is not None:
         floor = frechet_distance(run_classifier(net, floor_train, progress=progress, desc='floor features')[0], f_ref)
     return dict(mu=torch.as_tensor(stats['mu']), sigma=torch.as_tensor(stats['sigma']), n=len(reference),
-                features=f_ref[:n_features], fd_floor=floor)
+                features=f_ref[:n_features], fd_floor=floor, mean_pixel=mean_pixel(reference))
 
 
 def scores_against(net, samples, ref, progress=False):
     """FD of samples against a reference (reference_of), the class shares of the samples, KID
     (kid_mean, kid_std) and precision / recall (k = PRC_K) in the same features, and the floor when the
-    reference has one. Precision and recall are None when a side has PRC_K images or fewer."""
+    reference has one. Precision and recall are None when a side has PRC_K images or fewer. The mean
+    pixel value (0..255) of the samples, and of the reference where it was stored, shows a brightness
+    drift that the feature-space scores mix with everything else."""
     f_gen, pred = run_classifier(net, samples, progress=progress, desc='sample features')
     if len(f_gen) < 2:
         raise ValueError('a Frechet distance needs at least 2 samples on each side (a covariance)')
@@ -371,7 +381,9 @@ def scores_against(net, samples, ref, progress=False):
     stats = {key: v.numpy() for key, v in (('mu', ref['mu']), ('sigma', ref['sigma']))}
     out = dict(fd=fid_statistics_to_metric(fid_features_to_statistics(f_gen), stats, verbose=False)[KEY_METRIC_FID],
                n_samples=len(samples), n_reference=ref['n'], class_shares=dict(zip(data.FASHION_CLASSES, shares)),
-               min_class_share=min(shares), max_class_share=max(shares))
+               min_class_share=min(shares), max_class_share=max(shares), mean_pixel=mean_pixel(samples))
+    if ref.get('mean_pixel') is not None:
+        out['reference_mean_pixel'] = float(ref['mean_pixel'])
     f_ref = ref['features'].double()
     out['kid_mean'], out['kid_std'] = kid(f_gen, f_ref)
     enough = min(len(f_gen), len(f_ref)) > PRC_K
@@ -478,14 +490,43 @@ def reference_scores(classifier=DEFAULT_CLASSIFIER, data_dir='data', n=10_000, p
     return out
 
 
+def load_samples(path):
+    """uint8 (N, 1, 32, 32) samples from sample.py's samples.npz (arr_0, (N, H, W, C)), or a clear error."""
+    if not os.path.isfile(path):
+        raise SystemExit(f'{path}: no such file (sample.py --format npz writes samples.npz)')
+    try:
+        with np.load(path) as f:
+            arr = f['arr_0']
+    except Exception as e:        # not a zip, no arr_0, truncated
+        raise SystemExit(f'{path}: not a samples.npz of sample.py ({type(e).__name__}: {e})') from e
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1:] != (32, 32, 1) or len(arr) < 2:
+        raise SystemExit(f'{path}: expected at least 2 uint8 Fashion-MNIST samples of shape (N, 32, 32, 1), '
+                         f'got {arr.dtype} {arr.shape}')
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--classifier', default=DEFAULT_CLASSIFIER, help='cached classifier (trained there if absent)')
     p.add_argument('--data-dir', default='data', help='Fashion-MNIST files (see data.py)')
     p.add_argument('--n', type=int, default=10_000, help='real images on each side of the floor')
+    p.add_argument('--samples', nargs='+', help='samples.npz files written by sample.py --format npz: print their '
+                   'scores (FD, KID, precision / recall, class shares, mean pixel) as JSON instead')
     args = p.parse_args()
     if args.n < 2:
         p.error(f'--n must be at least 2, got {args.n}')
+    if args.samples:
+        sets = [load_samples(path) for path in args.samples]     # every file checked before any scoring
+        net, _, _ = get_classifier(args.classifier, args.data_dir)
+        on_disk = data.find_fashion_files(args.data_dir, train=False) is not None
+        ref = (reference_of(net, data.FashionMNIST(args.data_dir, train=False).images) if on_disk
+               else stored_reference(args.classifier))
+        if ref is None:
+            raise SystemExit(f'no test images in {args.data_dir} and no statistics stored in {args.classifier}')
+        for path, images in zip(args.samples, sets):
+            scores = scores_against(net, images, ref)
+            print(json.dumps(dict(samples=path, **scores)))
+        return
     net, accuracy, trained = get_classifier(args.classifier, args.data_dir)
     print(f'classifier {args.classifier} ({"trained now" if trained else "cached"}): test accuracy {accuracy:.4f}')
     scores = reference_scores(args.classifier, args.data_dir, args.n)

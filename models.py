@@ -612,15 +612,17 @@ def check_finite(state, where):
                          f'value(s) of {v.numel()}; the training that wrote it diverged (use an earlier checkpoint)')
 
 
-def export_generator(ckpt, path, half=True):
+def export_generator(ckpt, path, half=True, seconds_per_step=None):
     """Write what sampling and plug-and-play need of a training checkpoint (a dict as load_checkpoint
     returns): the EMA generator (fp16 storage when `half`, restored to fp32 by load_generator), its
-    constructor arguments, meta and the step; no raw G, no discriminator, no optimiser state.
+    constructor arguments, meta and the step; no raw G, no discriminator, no optimiser state; and, when
+    given, the training's measured seconds per step (for the tables' training minutes).
     Written atomically like every checkpoint; loads with load_generator."""
     check_finite(ckpt['G_ema'], 'the checkpoint\'s EMA generator')
     weights = {name: v.half() if half and v.is_floating_point() else v for name, v in ckpt['G_ema'].items()}
     save_checkpoint(dict(format=CKPT_FORMAT, G_kwargs=ckpt['G_kwargs'], D_kwargs=None, meta=ckpt['meta'],
-                         G_ema=weights, step=ckpt.get('step'), exported='fp16' if half else 'fp32'), path)
+                         G_ema=weights, step=ckpt.get('step'), exported='fp16' if half else 'fp32',
+                         seconds_per_step=seconds_per_step), path)
 
 
 def load_authors_generator(path, config, device='cpu', schedule='d', K=4, discretisation='original'):

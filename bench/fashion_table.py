@@ -3,13 +3,22 @@
     python bench/fashion_table.py --dry-run                    # what it would do, how long it expects
     python bench/fashion_table.py                              # everything (hours on 2 cores; resumable)
     python bench/fashion_table.py --rows floor kld_d mmse_d    # some rows
+    python bench/fashion_table.py --shipped                    # score the weights in checkpoints/, no training
+    python bench/fashion_table.py --rows kld_d kld_sr ddpm     # RGM against a DDPM: quality against NFE
 
 For each model row it trains the model unless its run folder (--root/<row>) holds the final checkpoint
-(a run cut short is resumed from its latest checkpoint), samples --n images with sample.py (seeded),
-scores them with the Fashion-MNIST classifier against the test images, and at the end writes
-table.md, table.json and samples.png (16 samples per row from seed 0: the same start noise for the
-rows whose start distribution has one shape) into --root. A row already scored at this --n is not
-scored again. Trainings and samplings run one at a time, each in its own process.
+(a run cut short is resumed from its latest checkpoint; with --shipped, a row whose weights are in
+checkpoints/ uses them instead and is never trained), samples --n images with sample.py (seeded),
+scores them with the Fashion-MNIST classifier against the test images (FD, KID, precision / recall,
+class shares, mean pixel value), and at the end writes table.md, table.json and samples.png (16 samples
+per row from seed 0: the same start noise for the rows whose start distribution has one shape) into
+--root. A row already scored at this --n is not scored again. Trainings and samplings run one at a
+time, each in its own process.
+
+The DDPM rows (a noise-prediction DDPM with the same network, at the RGM presets' training budget and
+at 4x) are sampled at every setting of SAMPLERS, DDIM at 4 to 100 steps and ancestral sampling over all
+1000 levels, on --nfe-n images each, and written as nfe_table.md, nfe.json and nfe.png (FD and KID
+against NFE) with the RGM rows that are trained scored at the same --nfe-n.
 """
 import argparse
 import json
@@ -35,14 +44,22 @@ MODEL_ROWS = {
     'kld_d_nz0':  ('RGM-KLD-D without z', 'fashion_kld_d', ['--nz', '0']),
     'kld_d_post': ('RGM-KLD-D, posterior sampling (Algorithm 1)', 'fashion_kld_d', ['--posterior']),
     'mmse_d':     ('MMSE, K = 4 (same network without z)', 'fashion_mmse_d', []),
+    'ddpm':       ('DDPM, same network, 128,000 training images', 'fashion_ddpm', []),
+    'ddpm_4x':    ('DDPM, same network, 512,000 training images', 'fashion_ddpm', ['--max-steps', '16000']),
 }
+DIFFUSION_ROWS = ('ddpm', 'ddpm_4x')
+# The diffusion rows' samplers: DDIM (eta = 0) over this many evenly spaced levels; 1000 = DDPM's
+# ancestral sampler over all of them (sample.py without --steps).
+SAMPLERS = (4, 7, 10, 25, 50, 100, 1000)
+RGM_POINTS = ('kld_d', 'kld_sr')        # the RGM rows drawn beside the diffusion rows
+NFE_N = 500     # samples per point there: ancestral sampling (1000 NFE) costs 4.5 s an image on 2 cores
 REAL_ROWS = {'floor': '10,000 training images (the floor)', 'blur3': 'training images, 3x3 box blur',
              'blur5': 'training images, 5x5 box blur'}
 ROWS = {**REAL_ROWS, **{name: row[0] for name, row in MODEL_ROWS.items()}}
 SEEDED_ROW = 'kld_d'            # scored over three sampling seeds: how much of a difference is noise
 # Seconds per training step alone on the 2-core VM at 2 threads (bench/train_step.py), and per sampled
 # image at NFE 1: estimates for --dry-run until a row's own log says better.
-STEP_SECONDS = {'kld': 0.86, 'dswd': 1.0, 'mmse': 0.49}
+STEP_SECONDS = {'kld': 0.86, 'dswd': 1.0, 'mmse': 0.49, 'ddpm': 0.49}
 SAMPLE_SECONDS_PER_NFE = 0.004
 
 
@@ -56,6 +73,33 @@ def final_checkpoint(root, row):
     """The row's final training checkpoint, or None."""
     path = root / row / 'checkpoints' / f'ckpt_{preset_args(row).max_steps:08d}.pt'
     return path if path.is_file() else None
+
+
+def shipped_file(row):
+    """checkpoints/<preset>.pt of a row that ships its weights, or None."""
+    path = ROOT / 'checkpoints' / f'{MODEL_ROWS[row][1]}.pt'
+    return path if row in SHIPPED_ROWS and path.is_file() else None
+
+
+def weights(root, row, shipped=False):
+    """The generator a row is scored with: its final training checkpoint, else (with `shipped`) the
+    weights in checkpoints/, else None (the row must be trained)."""
+    return final_checkpoint(root, row) or (shipped_file(row) if shipped else None)
+
+
+def train_minutes(root, row, shipped=False):
+    """Minutes the row's training takes alone: its steps times the median seconds per step of its own
+    log (robust to a few disturbed stretches), or the rate stored with the shipped weights; None when
+    neither is there."""
+    cfg = preset_args(row)
+    log = root / row / 'log.jsonl'
+    if log.is_file() and final_checkpoint(root, row):
+        return cfg.max_steps * progress(root, row)[1] / 60
+    if shipped and shipped_file(row):
+        import torch
+        rate = torch.load(shipped_file(row), map_location='cpu', weights_only=True).get('seconds_per_step')
+        return None if rate is None else cfg.max_steps * rate / 60
+    return None
 
 
 def progress(root, row):
@@ -88,44 +132,72 @@ def train(root, row, data_dir):
          *resume], root / f'{row}.train.log')
 
 
-def score(root, row, seed, n, data_dir, classifier):
-    """sample.py on the row's final checkpoint: its metrics.json (sampled and scored once per n, seed)."""
-    out = root / row / f'eval_n{n}_seed{seed}'
+def eval_dir(root, row, n, seed, sampler=None):
+    """Where sample.py writes a row's samples and metrics.json at this n, seed (and DDPM sampler)."""
+    tail = '' if sampler is None else ('_ddpm1000' if sampler == 1000 else f'_ddim{sampler}')
+    return root / row / f'eval_n{n}_seed{seed}{tail}'
+
+
+def score(root, row, seed, n, data_dir, classifier, shipped=False, sampler=None):
+    """sample.py on the row's generator (weights()): its metrics.json (sampled and scored once per n,
+    seed and sampler). The samples stay beside it (samples.npz), to be scored again without sampling."""
+    out = eval_dir(root, row, n, seed, sampler)
     path = out / 'metrics.json'
     if not path.is_file():
-        run([sys.executable, 'sample.py', '--ckpt', str(final_checkpoint(root, row)), '--n', str(n),
-             '--batch-size', '500', '--seed', str(seed), '--data-dir', data_dir, '--classifier', classifier,
-             '--out', str(out), '--overwrite'], root / f'{row}.sample.log')
+        steps = [] if sampler in (None, 1000) else ['--steps', str(sampler)]
+        run([sys.executable, 'sample.py', '--ckpt', str(weights(root, row, shipped)), '--n', str(n),
+             '--batch-size', str(BATCH), '--seed', str(seed), '--data-dir', data_dir, '--classifier', classifier,
+             '--format', 'npz', *steps, '--out', str(out), '--overwrite'], root / f'{row}.sample.log')
     return json.loads(path.read_text())
 
 
-def estimate(root, rows, n, seeds):
+BATCH = 500     # sampling batch: every ms / image of the tables is measured at this batch, 2 threads
+
+
+def evaluations(row, n, nfe_n, seeds, diffusion):
+    """(n, seed, sampler, NFE) of every sampling a row needs: its seeds at n (each DDPM sampler at nfe_n
+    for the diffusion rows), and the RGM points at nfe_n too when a diffusion row is in the run."""
+    K = preset_args(row).K
+    if row in DIFFUSION_ROWS:
+        return [(nfe_n, 0, sampler, sampler) for sampler in SAMPLERS]
+    todo = [(n, seed, None, K) for seed in seeds[row]]
+    if diffusion and row in RGM_POINTS and nfe_n != n:
+        todo.append((nfe_n, 0, None, K))
+    return todo
+
+
+def estimate(root, rows, n, seeds, nfe_n=None, shipped=False):
     """(lines, seconds) of what is left to do."""
     lines, total = [], 0.0
+    diffusion = any(row in DIFFUSION_ROWS for row in rows)
     for row in rows:
         if row in REAL_ROWS:
             lines.append(f'{row:11s} real images: scored in seconds')
             continue
         cfg = preset_args(row)
         done, per_step = progress(root, row)
-        left = 0 if final_checkpoint(root, row) else (cfg.max_steps - done) * per_step
-        sampled = sum((root / row / f'eval_n{n}_seed{s}' / 'metrics.json').is_file() for s in seeds[row])
-        sampling = (len(seeds[row]) - sampled) * n * cfg.K * SAMPLE_SECONDS_PER_NFE
+        ready = weights(root, row, shipped)
+        left = 0 if ready else (cfg.max_steps - done) * per_step
+        todo = [e for e in evaluations(row, n, nfe_n or n, seeds, diffusion)
+                if not (eval_dir(root, row, e[0], e[1], e[2]) / 'metrics.json').is_file()]
+        sampling = sum(m * nfe * SAMPLE_SECONDS_PER_NFE for m, _, _, nfe in todo)
         total += left + sampling
-        state = 'trained' if final_checkpoint(root, row) else f'step {done} of {cfg.max_steps}'
-        lines.append(f'{row:11s} {state:22s} train {left / 60:5.0f} min, sample {sampling / 60:4.0f} min '
-                     f'({len(seeds[row]) - sampled} x {n} images at NFE {cfg.K})')
+        state = ('trained' if final_checkpoint(root, row) else 'shipped weights' if ready
+                 else f'step {done} of {cfg.max_steps}')
+        what = ', '.join(f'{m} at NFE {nfe}' for m, _, _, nfe in todo) or 'nothing'
+        lines.append(f'{row:11s} {state:22s} train {left / 60:5.0f} min, sample {sampling / 60:4.0f} min ({what})')
     return lines, total
 
 
-SHIPPED_ROWS = ('kld_d', 'kld_sr', 'dswd_d', 'mmse_d')       # checkpoints/<preset>.pt, with the classifier
+SHIPPED_ROWS = ('kld_d', 'kld_sr', 'dswd_d', 'mmse_d', 'ddpm')     # checkpoints/<preset>.pt, with the classifier
 SHIPPED_FEATURES = 4000          # test features kept for KID and precision / recall (fp16: 1 MB)
 
 
 def ship(root, data_dir, classifier):
     """Write into checkpoints/ what a fresh clone samples and scores with: the EMA generator of each
     trained row of SHIPPED_ROWS (models.export_generator, fp16) and the classifier with the test set's
-    statistics, its first SHIPPED_FEATURES features in fp16 and the floor (metrics.reference_of)."""
+    statistics, its first SHIPPED_FEATURES features in fp16 and the floor (metrics.reference_of). Each
+    generator file keeps its run's median seconds per step, for the training minutes of --shipped."""
     import torch
     import data
     import models
@@ -134,7 +206,7 @@ def ship(root, data_dir, classifier):
         ckpt = final_checkpoint(root, row)
         if ckpt is not None:
             path = out / f'{MODEL_ROWS[row][1]}.pt'
-            models.export_generator(models.load_checkpoint(ckpt), path)
+            models.export_generator(models.load_checkpoint(ckpt), path, seconds_per_step=progress(root, row)[1])
             print(f'wrote {path} ({path.stat().st_size / 2**20:.2f} MB)')
     net, accuracy = metrics.load_classifier(classifier)
     test = data.FashionMNIST(data_dir, train=False).images
@@ -150,63 +222,172 @@ def main(args):
         return ship(Path(args.root), args.data_dir, args.classifier)
     root, rows = Path(args.root), args.rows or list(ROWS)
     seeds = {row: [0, 1, 2] if row == SEEDED_ROW else [0] for row in rows}
-    lines, total = estimate(root, rows, args.n, seeds)
-    print(f'{len(rows)} rows in {root}, n = {args.n}; about {total / 3600:.1f} hours left on a 2-core CPU:')
+    diffusion = any(row in DIFFUSION_ROWS for row in rows)
+    lines, total = estimate(root, rows, args.n, seeds, args.nfe_n, args.shipped)
+    print(f'{len(rows)} rows in {root}, n = {args.n}' + (f', diffusion comparison at n = {args.nfe_n}' if diffusion
+          else '') + f'; about {total / 3600:.1f} hours left on a 2-core CPU:')
     print('\n'.join('  ' + line for line in lines))
     if args.dry_run:
         return
     root.mkdir(parents=True, exist_ok=True)
-    results, started = {}, time.time()
+    results, points, started = {}, {}, time.time()
     for i, row in enumerate(rows, 1):
         print(f'[{i}/{len(rows)}] {row}: {ROWS[row]} ({(time.time() - started) / 60:.0f} min so far)', flush=True)
         if row in REAL_ROWS:
             continue
-        if not final_checkpoint(root, row):
+        if not weights(root, row, args.shipped):
             train(root, row, args.data_dir)
-        results[row] = [score(root, row, seed, args.n, args.data_dir, args.classifier) for seed in seeds[row]]
+        if args.train_only:
+            continue
+        for m, seed, sampler, _ in evaluations(row, args.n, args.nfe_n, seeds, diffusion):
+            r = score(root, row, seed, m, args.data_dir, args.classifier, args.shipped, sampler)
+            if m == args.n and row not in DIFFUSION_ROWS:
+                results.setdefault(row, []).append(r)
+            if m == args.nfe_n and seed == 0 and (row in DIFFUSION_ROWS or row in RGM_POINTS):
+                points[row, sampler] = r
+    if args.train_only:
+        return
     if any(row in REAL_ROWS for row in rows):
         real = metrics.reference_scores(args.classifier, args.data_dir, args.n)   # the floor, blurred images
         results.update({row: [real[row]] for row in rows if row in REAL_ROWS})
-    write_table(root, rows, results, args.n)
-    write_figure(root, [row for row in rows if row in REAL_ROWS or final_checkpoint(root, row)], args.data_dir)
+    minutes = {row: train_minutes(root, row, args.shipped) for row in rows if row in MODEL_ROWS}
+    write_table(root, [row for row in rows if row in results], results, args.n, minutes)
+    write_figure(root, [row for row in rows if row in REAL_ROWS or weights(root, row, args.shipped)], args.data_dir,
+                 args.shipped)
+    if diffusion:
+        write_nfe_table(root, points, args.nfe_n, minutes)
     if args.pnp:
-        write_pnp_table(root, args.data_dir, args.pnp_n)
+        write_pnp_table(root, args.data_dir, args.pnp_n, args.shipped)
 
 
-def summarise(row, runs):
-    """One table row from a row's metrics.json files (one per seed)."""
-    fds = [r['fd'] for r in runs]
+METRICS = ('fd', 'kid_mean', 'precision', 'recall', 'mean_pixel')
+
+
+def summarise(row, runs, minutes=None):
+    """One table row from a row's metrics.json files (one per seed): each metric's mean over the seeds,
+    its values and spread (max - min) when there are several; NFE, training, shares and speed."""
     first = runs[0]
-    out = dict(row=row, label=ROWS[row], n=first.get('n_samples', first.get('n')), fd=sum(fds) / len(fds),
-               fd_seeds=fds, fd_spread=(max(fds) - min(fds)) if len(fds) > 1 else None)
+    out = dict(row=row, label=ROWS[row], n=first.get('n_samples', first.get('n')), seeds=len(runs),
+               reference_mean_pixel=first.get('reference_mean_pixel'))
+    for key in METRICS:
+        values = [r.get(key) for r in runs]
+        ok = None not in values
+        out[key] = sum(values) / len(values) if ok else None
+        out[f'{key}_seeds'] = values if ok else None
+        out[f'{key}_spread'] = max(values) - min(values) if ok and len(values) > 1 else None
+    out.update(fd_seeds=[r['fd'] for r in runs])
+    shares = first['class_shares']
+    rarest = min(shares, key=shares.get)
+    out.update(min_share=min(shares.values()), max_share=max(shares.values()),
+               rarest=f'{rarest} {100 * shares[rarest]:.1f}%')
     if row in MODEL_ROWS:
         cfg = preset_args(row)
-        shares = first['class_shares']
-        rarest = min(shares, key=shares.get)
-        out.update(nfe=cfg.K, images_seen=cfg.max_steps * cfg.batch_size, min_share=min(shares.values()),
-                   max_share=max(shares.values()), rarest=f'{rarest} {100 * shares[rarest]:.1f}%',
+        out.update(nfe=first.get('nfe', cfg.K), images_seen=cfg.max_steps * cfg.batch_size, train_minutes=minutes,
                    ms_per_image=1e3 * first['sampling_seconds'] / first['n'])
     return out
 
 
-def write_table(root, rows, results, n):
-    table = [summarise(row, results[row]) for row in rows if row in results]
-    lines = ['| model | NFE | images seen | FD | class share min - max | rarest | ms / image |',
-             '|---|---|---|---|---|---|---|']
-    for r in table:
-        fd = f"{r['fd']:.2f}" + (f" (seeds {', '.join(f'{v:.2f}' for v in r['fd_seeds'])})" if r['fd_spread'] else '')
-        if 'nfe' in r:
-            lines.append(f"| {r['label']} | {r['nfe']} | {r['images_seen']:,} | {fd} | {100 * r['min_share']:.1f}% - "
-                         f"{100 * r['max_share']:.1f}% | {r['rarest']} | {r['ms_per_image']:.1f} |")
-        else:
-            lines.append(f"| {r['label']} | | | {fd} | | | |")
+def cell(r, key, fmt):
+    """A metric, with its per-seed values when the row has several."""
+    if r[key] is None:
+        return ''
+    text = format(r[key], fmt)
+    return text + (f" ({', '.join(format(v, fmt) for v in r[f'{key}_seeds'])})" if r[f'{key}_spread'] is not None else '')
+
+
+HEADER = ('| model | NFE | train min | images seen | FD | KID x 1000 | precision | recall | class share min - max '
+          '| rarest | mean pixel | ms / image |')
+
+
+def table_line(r):
+    kid = dict(r, kid_mean=None if r['kid_mean'] is None else 1e3 * r['kid_mean'],
+               kid_mean_seeds=r['kid_mean_seeds'] and [1e3 * v for v in r['kid_mean_seeds']])
+    model = 'nfe' in r
+    return ' | '.join(['', r['label'], str(r['nfe']) if model else '',
+                       f"{r['train_minutes']:.0f}" if model and r['train_minutes'] is not None else '',
+                       f"{r['images_seen']:,}" if model else '', cell(r, 'fd', '.2f'), cell(kid, 'kid_mean', '.2f'),
+                       cell(r, 'precision', '.3f'), cell(r, 'recall', '.3f'),
+                       f"{100 * r['min_share']:.1f}% - {100 * r['max_share']:.1f}%", r['rarest'],
+                       cell(r, 'mean_pixel', '.1f'), f"{r['ms_per_image']:.1f}" if model else '', '']).strip()
+
+
+def write_table(root, rows, results, n, minutes=None):
+    table = [summarise(row, results[row], (minutes or {}).get(row)) for row in rows]
+    lines = [HEADER, '|---' * HEADER.count(' | ') + '|---|'] + [table_line(r) for r in table]
+    ref = next((r['reference_mean_pixel'] for r in table if r['reference_mean_pixel'] is not None), None)
+    if ref is not None:
+        lines.append(f'\nn = {n} samples per row against the test images (mean pixel {ref:.1f}).')
     (root / 'table.md').write_text('\n'.join(lines) + '\n')
     (root / 'table.json').write_text(json.dumps(dict(n=n, rows=table), indent=2) + '\n')
     print('\n'.join(lines))
     print(f'wrote {root / "table.md"} and {root / "table.json"}')
 
 
-def row_samples(root, row, data_dir, n=16):
+def write_nfe_table(root, points, n, minutes):
+    """nfe_table.md, nfe.json and nfe.png: the diffusion rows at each sampler beside the RGM points, all
+    at n samples, and the two answers: the fewest DDIM steps of each DDPM run that reach RGM-KLD-D's FD
+    (the NFE ratio), and the wall-clock ratio of sampling 10,000 images at those two settings."""
+    rows = []
+    for (row, sampler), r in sorted(points.items(), key=lambda kv: (list(MODEL_ROWS).index(kv[0][0]), kv[1]['nfe'])):
+        label = ROWS[row] if row in RGM_POINTS else f"{ROWS[row]}: {'DDPM ancestral' if sampler == 1000 else 'DDIM'}"
+        rows.append(dict(summarise(row, [r], minutes.get(row)), label=label, sampler=sampler))
+    lines = [HEADER, '|---' * HEADER.count(' | ') + '|---|'] + [table_line(r) for r in rows]
+    target = next((r for r in rows if r['row'] == 'kld_d'), None)
+    answers = []
+    for ddpm in DIFFUSION_ROWS:
+        curve = [r for r in rows if r['row'] == ddpm and r['sampler'] != 1000]
+        if not curve or target is None:
+            continue
+        best = min(curve + [r for r in rows if r['row'] == ddpm], key=lambda r: r['fd'])
+        reached = next((r for r in curve if r['fd'] <= target['fd']), None)
+        if reached is None:
+            answers.append(dict(row=ddpm, reached=None, best_fd=best['fd'], best_nfe=best['nfe']))
+            lines.append(f"\n{ROWS[ddpm]}: DDIM does not reach RGM-KLD-D's FD {target['fd']:.2f} (NFE 4) at any of "
+                         f"{', '.join(str(r['nfe']) for r in curve)} steps; its best FD is {best['fd']:.2f} at NFE "
+                         f"{best['nfe']}.")
+            continue
+        nfe_ratio, time_ratio = reached['nfe'] / target['nfe'], reached['ms_per_image'] / target['ms_per_image']
+        answers.append(dict(row=ddpm, reached=reached['nfe'], fd=reached['fd'], nfe_ratio=nfe_ratio,
+                            time_ratio=time_ratio))
+        lines.append(f"\n{ROWS[ddpm]}: DDIM first reaches RGM-KLD-D's FD {target['fd']:.2f} (NFE 4) at {reached['nfe']} "
+                     f"steps (FD {reached['fd']:.2f}): {nfe_ratio:.1f}x the NFE; 10,000 images take "
+                     f"{reached['ms_per_image'] * 10:.0f} s against {target['ms_per_image'] * 10:.0f} s ({time_ratio:.1f}x).")
+    lines.append(f'\nn = {n} samples per row, batch {BATCH}, 2 CPU threads, one process at a time.')
+    (root / 'nfe_table.md').write_text('\n'.join(lines) + '\n')
+    (root / 'nfe.json').write_text(json.dumps(dict(n=n, rows=rows, answers=answers), indent=2) + '\n')
+    print('\n'.join(lines))
+    nfe_figure(root / 'nfe.png', rows, n)
+
+
+def nfe_figure(path, rows, n):
+    """FD and KID against NFE, both on log scales: a curve per DDPM run, a point per RGM row."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, name in ((axes[0], 'fd', 'FD'), (axes[1], 'kid_mean', 'KID')):
+        for row in DIFFUSION_ROWS:
+            curve = [r for r in rows if r['row'] == row]
+            if curve:
+                ax.plot([r['nfe'] for r in curve], [max(r[key], 1e-6) for r in curve], 'o-', label=ROWS[row])
+        for row, marker in zip(RGM_POINTS, ('*', 'D')):
+            point = [r for r in rows if r['row'] == row]
+            if point:
+                ax.plot(point[0]['nfe'], max(point[0][key], 1e-6), marker, ms=12, label=ROWS[row])
+        ax.set(xscale='log', yscale='log', xlabel='network evaluations per sample (NFE)',
+               ylabel=f'{name} (n = {n}, lower is better)')
+        ax.grid(True, which='both', alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    print(f'wrote {path}')
+
+
+FIGURE_DDIM_STEPS = 100        # the diffusion rows' line in samples.png: DDIM at this many steps
+
+
+def row_samples(root, row, data_dir, n=16, shipped=False):
     """n images of a row as uint8: the first training images (blurred for the blur rows), or samples of
     the row's final model drawn as sample.py draws them with --seed 0 (chunk 0: the same start noise x_K
     for every row whose start distribution has one shape)."""
@@ -220,12 +401,13 @@ def row_samples(root, row, data_dir, n=16):
         if row == 'floor':
             return images
         return models.to_uint8(metrics.box_blur(images, int(row[-1])))
-    G, meta = models.load_generator(str(final_checkpoint(root, row)))
+    G, meta = models.load_generator(str(weights(root, row, shipped)))
+    steps = FIGURE_DDIM_STEPS if row in DIFFUSION_ROWS else None
     with torch.no_grad():
-        return sample.generate(G, schedule_of(meta), meta, n, batch_size=n, seed=0)
+        return sample.generate(G, schedule_of(meta), meta, n, batch_size=n, seed=0, steps=steps)
 
 
-def write_figure(root, rows, data_dir):
+def write_figure(root, rows, data_dir, shipped=False):
     """samples.png: one line of 16 images per row, labelled."""
     import matplotlib
     matplotlib.use('Agg')
@@ -235,9 +417,11 @@ def write_figure(root, rows, data_dir):
         return
     fig, axes = plt.subplots(len(rows), 1, figsize=(9, 0.75 * len(rows) + 0.3), squeeze=False)
     for ax, row in zip(axes[:, 0], rows):
-        grid = torchvision.utils.make_grid(row_samples(root, row, data_dir), nrow=16, padding=1, pad_value=255)
+        images = row_samples(root, row, data_dir, shipped=shipped)
+        grid = torchvision.utils.make_grid(images, nrow=16, padding=1, pad_value=255)
         ax.imshow(grid[0].numpy(), cmap='gray', vmin=0, vmax=255)
-        ax.set_title(ROWS[row], fontsize=8, loc='left')
+        label = ROWS[row] + (f', DDIM {FIGURE_DDIM_STEPS} steps' if row in DIFFUSION_ROWS else '')
+        ax.set_title(f'{label} (mean pixel {metrics.mean_pixel(images):.0f})', fontsize=8, loc='left')
         ax.axis('off')
     fig.tight_layout()
     fig.savefig(root / 'samples.png', dpi=150)
@@ -248,7 +432,7 @@ def write_figure(root, rows, data_dir):
 PNP_ROWS, PNP_TASKS = ('kld_d', 'kld_sr'), ('denoise', 'sr2', 'sr4')
 
 
-def write_pnp_table(root, data_dir, n):
+def write_pnp_table(root, data_dir, n, shipped=False):
     """Table 4 in small: the KLD-D and KLD-SR models restoring `n` test images per task, with the
     settings each model's `pnp.py --tune` chose on `n` training images, beside the baselines."""
     import pnp
@@ -256,7 +440,7 @@ def write_pnp_table(root, data_dir, n):
              '|---|---|---|' + '---|' * len(PNP_ROWS)]
     results = {}
     for row in PNP_ROWS:
-        ckpt = final_checkpoint(root, row)
+        ckpt = weights(root, row, shipped)
         if ckpt is None:
             print(f'plug-and-play: {row} is not trained; skipped')
             return
@@ -286,14 +470,20 @@ if __name__ == '__main__':
     p.add_argument('--rows', nargs='+', choices=list(ROWS), help='default: all, in this order: ' + ' '.join(ROWS))
     p.add_argument('--root', default='runs/fashion_table', help='one run folder per row, and the table')
     p.add_argument('--n', type=int, default=10_000, help='samples scored per row and seed')
+    p.add_argument('--nfe-n', type=int, default=NFE_N, help='samples per point of the diffusion comparison (DDPM '
+                   'rows at each sampler, and the RGM rows beside them)')
+    p.add_argument('--shipped', action='store_true', help='score the weights in checkpoints/ for rows that ship '
+                   'them (' + ', '.join(SHIPPED_ROWS) + ') instead of training them')
     p.add_argument('--data-dir', default='data', help='Fashion-MNIST files (see data.py)')
     p.add_argument('--classifier', default=metrics.DEFAULT_CLASSIFIER, help='the classifier file (metrics.py)')
     p.add_argument('--dry-run', action='store_true', help='print what would be done and how long it would take')
+    p.add_argument('--train-only', action='store_true', help='train the rows that need it, one after the other, '
+                   'and stop: score them later')
     p.add_argument('--ship', action='store_true', help='only write the trained generators of ' + ', '.join(SHIPPED_ROWS)
                    + ' and the classifier with the test statistics into checkpoints/')
     p.add_argument('--pnp', action='store_true', help='also Table 4 in small: KLD-D and KLD-SR on denoise, sr2, sr4')
     p.add_argument('--pnp-n', type=int, default=100, help='training images for the settings, test images scored')
     args = p.parse_args()
-    if args.n < 2:
-        p.error('--n must be at least 2')
+    if args.n < 2 or args.nfe_n < 2:
+        p.error('--n and --nfe-n must be at least 2')
     main(args)

@@ -34,3 +34,59 @@ def test_a_row_summarises_its_seeds_and_its_rarest_class():
     assert row['ms_per_image'] == pytest.approx(4.0) and row['nfe'] == 4
     assert row['images_seen'] == 4000 * 32
     assert ft.summarise('kld_d_k1', runs[:1])['nfe'] == 1 and ft.summarise('kld_d_k1', runs[:1])['fd_spread'] is None
+
+
+def test_the_diffusion_rows_are_sampled_at_every_sampler_and_the_rgm_points_beside_them():
+    seeds = {'kld_d': [0, 1, 2], 'ddpm': [0], 'mmse_d': [0]}
+    ddpm = ft.evaluations('ddpm', 10_000, 500, seeds, diffusion=True)
+    assert [nfe for _, _, _, nfe in ddpm] == list(ft.SAMPLERS) and {m for m, *_ in ddpm} == {500}
+    assert ft.evaluations('kld_d', 10_000, 500, seeds, diffusion=True) == \
+        [(10_000, 0, None, 4), (10_000, 1, None, 4), (10_000, 2, None, 4), (500, 0, None, 4)]
+    assert ft.evaluations('kld_d', 10_000, 500, seeds, diffusion=False) == \
+        [(10_000, s, None, 4) for s in (0, 1, 2)]
+    assert ft.evaluations('mmse_d', 10_000, 500, seeds, diffusion=True) == [(10_000, 0, None, 4)]
+    assert ft.eval_dir(Path('r'), 'ddpm', 500, 0, 25).name == 'eval_n500_seed0_ddim25'
+    assert ft.eval_dir(Path('r'), 'ddpm', 500, 0, 1000).name == 'eval_n500_seed0_ddpm1000'
+
+
+def test_shipped_weights_stand_in_for_a_run_only_when_asked(tmp_path):
+    shipped = ft.ROOT / 'checkpoints' / 'fashion_kld_d.pt'
+    assert shipped.is_file()
+    assert ft.weights(tmp_path, 'kld_d') is None
+    assert ft.weights(tmp_path, 'kld_d', shipped=True) == shipped
+    assert ft.weights(tmp_path, 'kld_d_k1', shipped=True) is None        # an ablation ships nothing
+    final = tmp_path / 'kld_d' / 'checkpoints' / 'ckpt_00004000.pt'
+    final.parent.mkdir(parents=True)
+    final.write_bytes(b'')
+    assert ft.weights(tmp_path, 'kld_d', shipped=True) == final          # the run's own checkpoint first
+
+
+def scored(fd, nfe, ms, kid=0.01):
+    shares = {'Bag': 0.5, 'Trouser': 0.5}
+    return dict(fd=fd, kid_mean=kid, precision=0.5, recall=0.25, mean_pixel=60.0, n=100, n_samples=100, nfe=nfe,
+                sampling_seconds=ms * 100 / 1e3, class_shares=shares)
+
+
+def test_the_nfe_table_finds_the_fewest_ddim_steps_that_reach_rgm(tmp_path):
+    points = {('kld_d', None): scored(5.0, 4, 10.0)}
+    fds = {4: 40.0, 7: 20.0, 10: 6.0, 25: 4.5, 50: 3.0, 100: 2.5, 1000: 2.0}
+    points.update({('ddpm', s): scored(fds[s], s, 2.5 * s) for s in ft.SAMPLERS})
+    points.update({('ddpm_4x', s): scored(fds[s] + 10, s, 2.5 * s) for s in ft.SAMPLERS})
+    ft.write_nfe_table(tmp_path, points, 100, {})
+    answers = {a['row']: a for a in json.loads((tmp_path / 'nfe.json').read_text())['answers']}
+    # 25 steps is the first with FD <= 5: 25 / 4 the NFE, 62.5 ms against 10 ms the time
+    assert answers['ddpm']['reached'] == 25 and answers['ddpm']['nfe_ratio'] == pytest.approx(6.25)
+    assert answers['ddpm']['time_ratio'] == pytest.approx(6.25)
+    # +10 everywhere: never reached; the best is the ancestral sampler's 12.0 at 1000
+    assert answers['ddpm_4x']['reached'] is None and answers['ddpm_4x']['best_fd'] == pytest.approx(12.0)
+    assert answers['ddpm_4x']['best_nfe'] == 1000
+    assert (tmp_path / 'nfe.png').is_file() and 'not reach' in (tmp_path / 'nfe_table.md').read_text()
+
+
+def test_every_metric_is_averaged_over_the_seeds_with_its_spread():
+    runs = [scored(fd, 4, 4.0, kid) for fd, kid in ((10.0, 0.02), (12.0, 0.01), (17.0, 0.03))]
+    row = ft.summarise('kld_d', runs, minutes=41.0)
+    assert row['kid_mean'] == pytest.approx(0.02) and row['kid_mean_spread'] == pytest.approx(0.02)
+    assert row['precision_spread'] == 0 and row['train_minutes'] == 41.0
+    line = ft.table_line(row)
+    assert '13.00 (10.00, 12.00, 17.00)' in line and '20.00 (20.00, 10.00, 30.00)' in line   # KID x 1000

@@ -189,7 +189,8 @@ def test_fashion_scores_add_kid_precision_and_recall():
     ref = torch.randint(0, 256, (40, 1, 32, 32), dtype=torch.uint8)
     old_keys = {'fd', 'n_samples', 'n_reference', 'class_shares', 'min_class_share', 'max_class_share'}
     same = metrics.fashion_scores(net, ref, ref)
-    assert set(same) == old_keys | {'kid_mean', 'kid_std', 'precision', 'recall'}
+    assert set(same) == old_keys | {'kid_mean', 'kid_std', 'precision', 'recall', 'mean_pixel', 'reference_mean_pixel'}
+    assert same['mean_pixel'] == same['reference_mean_pixel'] == pytest.approx(ref.double().mean().item())
     f = metrics.run_classifier(net, ref)[0]
     kff = cubic_kernel(f, f)
     closed = 2 * ((kff.sum() - kff.diagonal().sum()) / (40 * 39) - kff.diagonal().mean()).item() / 40
@@ -200,3 +201,35 @@ def test_fashion_scores_add_kid_precision_and_recall():
     assert collapsed['kid_mean'] > same['kid_mean'] + 10 * collapsed['kid_std'] and 'fd_floor' in collapsed
     few = metrics.fashion_scores(net, ref[:3], ref)
     assert few['precision'] is None and few['recall'] is None and math.isfinite(few['kid_mean'])
+
+
+def test_mean_pixel_of_uint8_and_float_images_on_one_scale():
+    x = torch.tensor([0, 255, 51, 102], dtype=torch.uint8).view(1, 1, 2, 2)
+    assert metrics.mean_pixel(x) == pytest.approx(102.0)
+    assert metrics.mean_pixel(x.float() / 127.5 - 1) == pytest.approx(102.0)
+
+
+def test_saved_samples_are_scored_again_as_they_were_drawn(tmp_path, capsys, monkeypatch):
+    """metrics.py --samples: an npz in sample.py's layout scores as the tensor it came from, against the
+    statistics stored in the shipped classifier (no data set here); bad files are refused up front."""
+    import json
+    import sys
+    import numpy as np
+    from pathlib import Path
+    classifier = Path(metrics.__file__).parent / 'checkpoints' / 'fashion_classifier.pt'
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (50, 1, 32, 32), dtype=torch.uint8)
+    np.savez(tmp_path / 'samples.npz', arr_0=images.permute(0, 2, 3, 1).numpy())
+    np.savez(tmp_path / 'rgb.npz', arr_0=np.zeros((4, 32, 32, 3), np.uint8))
+    assert torch.equal(metrics.load_samples(str(tmp_path / 'samples.npz')), images)
+    for bad, message in (('rgb.npz', 'expected at least 2 uint8'), ('missing.npz', 'no such file')):
+        with pytest.raises(SystemExit, match=message):
+            metrics.load_samples(str(tmp_path / bad))
+    monkeypatch.setattr(sys, 'argv', ['metrics.py', '--classifier', str(classifier), '--data-dir', str(tmp_path),
+                                      '--samples', str(tmp_path / 'samples.npz')])
+    metrics.main()
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    net, _ = metrics.load_classifier(classifier)
+    direct = metrics.scores_against(net, images, metrics.stored_reference(classifier))
+    assert printed['fd'] == pytest.approx(direct['fd']) and printed['n_samples'] == 50
+    assert printed['class_shares'] == pytest.approx(direct['class_shares'])

@@ -233,11 +233,13 @@ class NCSNpp(nn.Module):
         nz                  = 100,          # Dimension of the latent z.
         z_emb_dim           = 256,          # Width of the mapping network and of the z embedding.
         n_mlp               = 4,            # Hidden layers of the mapping network (n_mlp + 1 Linear layers).
+        out_tanh            = True,         # tanh on the output: an image in [-1, 1] (RGM, MMSE); off for a
+                                            # DDPM's noise prediction, which must reach |eps| > 1.
     ):
         super().__init__()
         if image_size % 2 ** (len(ch_mult) - 1):
             raise ValueError(f'image_size {image_size} is not divisible by 2^{len(ch_mult) - 1} (ch_mult {ch_mult})')
-        self.channels, self.nz, self.n_mlp = channels, nz, n_mlp
+        self.channels, self.nz, self.n_mlp, self.out_tanh = channels, nz, n_mlp, out_tanh
         emb_dim = 4 * channels
         block = dict(emb_dim=emb_dim, z_emb_dim=z_emb_dim, dropout=dropout)
 
@@ -305,7 +307,8 @@ class NCSNpp(nn.Module):
             if 'block' in name:
                 h = torch.cat([h, skips.pop()], dim=1)
             h = block(h, temb, zemb)
-        return torch.tanh(self.conv_out(F.silu(self.norm_out(h))))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return torch.tanh(out) if self.out_tanh else out
 
 
 def minibatch_std(x, group_size=4):

@@ -416,6 +416,8 @@ def configure(args, world_size, device):
         if args.prior == 'ddpm' and args.schedule != 'd':
             raise ValueError(f'--prior ddpm runs on the Gaussian process d, not --schedule {args.schedule}')
         G_kwargs['nz'], D_kwargs = 0, None
+        if args.prior == 'ddpm':        # G predicts the noise eps ~ N(0, I): no tanh on its output (a tanh
+            G_kwargs['out_tanh'] = False    # caps |eps_hat| at 1, and the DDPM samples noise)
     if G_kwargs['nz'] < 0:
         raise ValueError(f'--nz must be >= 0 (0 = no latent z), got {G_kwargs["nz"]}')
     channels = G_kwargs.get('in_channels', 3)

@@ -154,19 +154,19 @@ def score(root, row, seed, n, data_dir, classifier, shipped=False, sampler=None)
 BATCH = 500     # sampling batch: every ms / image of the tables is measured at this batch, 2 threads
 
 
-def evaluations(row, n, nfe_n, seeds, diffusion):
+def evaluations(row, n, nfe_n, seeds, diffusion, samplers=SAMPLERS):
     """(n, seed, sampler, NFE) of every sampling a row needs: its seeds at n (each DDPM sampler at nfe_n
     for the diffusion rows), and the RGM points at nfe_n too when a diffusion row is in the run."""
     K = preset_args(row).K
     if row in DIFFUSION_ROWS:
-        return [(nfe_n, 0, sampler, sampler) for sampler in SAMPLERS]
+        return [(nfe_n, 0, sampler, sampler) for sampler in samplers]
     todo = [(n, seed, None, K) for seed in seeds[row]]
     if diffusion and row in RGM_POINTS and nfe_n != n:
-        todo.append((nfe_n, 0, None, K))
+        todo.insert(1, (nfe_n, 0, None, K))
     return todo
 
 
-def estimate(root, rows, n, seeds, nfe_n=None, shipped=False):
+def estimate(root, rows, n, seeds, nfe_n=None, shipped=False, samplers=SAMPLERS):
     """(lines, seconds) of what is left to do."""
     lines, total = [], 0.0
     diffusion = any(row in DIFFUSION_ROWS for row in rows)
@@ -178,7 +178,7 @@ def estimate(root, rows, n, seeds, nfe_n=None, shipped=False):
         done, per_step = progress(root, row)
         ready = weights(root, row, shipped)
         left = 0 if ready else (cfg.max_steps - done) * per_step
-        todo = [e for e in evaluations(row, n, nfe_n or n, seeds, diffusion)
+        todo = [e for e in evaluations(row, n, nfe_n or n, seeds, diffusion, samplers)
                 if not (eval_dir(root, row, e[0], e[1], e[2]) / 'metrics.json').is_file()]
         sampling = sum(m * nfe * SAMPLE_SECONDS_PER_NFE for m, _, _, nfe in todo)
         total += left + sampling
@@ -223,7 +223,7 @@ def main(args):
     root, rows = Path(args.root), args.rows or list(ROWS)
     seeds = {row: [0, 1, 2] if row == SEEDED_ROW else [0] for row in rows}
     diffusion = any(row in DIFFUSION_ROWS for row in rows)
-    lines, total = estimate(root, rows, args.n, seeds, args.nfe_n, args.shipped)
+    lines, total = estimate(root, rows, args.n, seeds, args.nfe_n, args.shipped, args.samplers)
     print(f'{len(rows)} rows in {root}, n = {args.n}' + (f', diffusion comparison at n = {args.nfe_n}' if diffusion
           else '') + f'; about {total / 3600:.1f} hours left on a 2-core CPU:')
     print('\n'.join('  ' + line for line in lines))
@@ -239,7 +239,7 @@ def main(args):
             train(root, row, args.data_dir)
         if args.train_only:
             continue
-        for m, seed, sampler, _ in evaluations(row, args.n, args.nfe_n, seeds, diffusion):
+        for m, seed, sampler, _ in evaluations(row, args.n, args.nfe_n, seeds, diffusion, args.samplers):
             r = score(root, row, seed, m, args.data_dir, args.classifier, args.shipped, sampler)
             if m == args.n and row not in DIFFUSION_ROWS:
                 results.setdefault(row, []).append(r)
@@ -251,8 +251,9 @@ def main(args):
         real = metrics.reference_scores(args.classifier, args.data_dir, args.n)   # the floor, blurred images
         results.update({row: [real[row]] for row in rows if row in REAL_ROWS})
     minutes = {row: train_minutes(root, row, args.shipped) for row in rows if row in MODEL_ROWS}
-    write_table(root, [row for row in rows if row in results], results, args.n, minutes)
-    write_figure(root, [row for row in rows if row in REAL_ROWS or weights(root, row, args.shipped)], args.data_dir,
+    ordered = [row for row in ROWS if row in rows]              # the table's order, whatever the run's
+    write_table(root, [row for row in ordered if row in results], results, args.n, minutes)
+    write_figure(root, [row for row in ordered if row in REAL_ROWS or weights(root, row, args.shipped)], args.data_dir,
                  args.shipped)
     if diffusion:
         write_nfe_table(root, points, args.nfe_n, minutes)
@@ -472,6 +473,9 @@ if __name__ == '__main__':
     p.add_argument('--n', type=int, default=10_000, help='samples scored per row and seed')
     p.add_argument('--nfe-n', type=int, default=NFE_N, help='samples per point of the diffusion comparison (DDPM '
                    'rows at each sampler, and the RGM rows beside them)')
+    p.add_argument('--samplers', type=int, nargs='+', default=list(SAMPLERS), choices=SAMPLERS, metavar='NFE',
+                   help='the diffusion rows\' samplers: DDIM steps, 1000 = ancestral (default: all of '
+                   + ' '.join(map(str, SAMPLERS)) + ')')
     p.add_argument('--shipped', action='store_true', help='score the weights in checkpoints/ for rows that ship '
                    'them (' + ', '.join(SHIPPED_ROWS) + ') instead of training them')
     p.add_argument('--data-dir', default='data', help='Fashion-MNIST files (see data.py)')

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import losses
+import models
 from schedules import ddim_levels, make_schedule, sample_ddim, sample_ddpm
 
 K = 1000
@@ -316,3 +317,20 @@ def test_a_ddpm_run_samples_with_ddim_steps_and_rgm_refuses_steps(tmp_path):
     assert not (tmp_path / 'r').exists()
     with pytest.raises(ValueError, match='--prior ddpm runs on the Gaussian process d'):
         ti.main(ti.parse_args(common + ['--prior', 'ddpm', '--schedule', 'sr', '--out', str(tmp_path / 'x')]))
+
+
+@pytest.mark.parametrize('preset, unbounded', [('fashion_ddpm', True), ('fashion_kld_d', False), ('fashion_mmse_d', False)])
+def test_only_the_ddpm_network_can_predict_noise_beyond_one(preset, unbounded):
+    """eps ~ N(0, I) leaves [-1, 1] a third of the time, so a noise predictor ending in tanh cannot fit it
+    (its loss stays >= E[(|eps| - 1)_+^2] = 0.16 per pixel, and it samples noise); the image restorers
+    keep the tanh. Built as the trainer builds G, with the output conv set to the constant 3: the output is 3 without
+    the tanh, tanh(3) with it."""
+    import train_images as ti
+    setup_kwargs = ti.configure(ti.parse_args(['--preset', preset, '--device', 'cpu']), 1, torch.device('cpu')).G_kwargs
+    G = models.NCSNpp(**setup_kwargs).eval()
+    assert setup_kwargs.get('out_tanh', True) is not unbounded
+    with torch.no_grad():
+        G.conv_out.weight.zero_()
+        G.conv_out.bias.fill_(3.0)
+        out = G(torch.randn(2, 1, 32, 32), torch.tensor([0, 999]), None if setup_kwargs['nz'] == 0 else torch.randn(2, 32))
+    torch.testing.assert_close(out, torch.full_like(out, 3.0 if unbounded else math.tanh(3.0)))

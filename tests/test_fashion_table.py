@@ -41,7 +41,7 @@ def test_the_diffusion_rows_are_sampled_at_every_sampler_and_the_rgm_points_besi
     ddpm = ft.evaluations('ddpm', 10_000, 500, seeds, diffusion=True)
     assert [nfe for _, _, _, nfe in ddpm] == list(ft.SAMPLERS) and {m for m, *_ in ddpm} == {500}
     assert ft.evaluations('kld_d', 10_000, 500, seeds, diffusion=True) == \
-        [(10_000, 0, None, 4), (10_000, 1, None, 4), (10_000, 2, None, 4), (500, 0, None, 4)]
+        [(10_000, 0, None, 4), (500, 0, None, 4), (10_000, 1, None, 4), (10_000, 2, None, 4)]
     assert ft.evaluations('kld_d', 10_000, 500, seeds, diffusion=False) == \
         [(10_000, s, None, 4) for s in (0, 1, 2)]
     assert ft.evaluations('mmse_d', 10_000, 500, seeds, diffusion=True) == [(10_000, 0, None, 4)]

@@ -378,9 +378,10 @@ def test_exported_generator_is_small_fp16_and_samples_as_the_training_checkpoint
     ckpt = dict(format=models.CKPT_FORMAT, G_kwargs=dict(models.CONFIGS['fashion']['G']), D_kwargs={}, meta=dict(
         META, channels=1, nz=G.nz), G=G.state_dict(), G_ema=G.state_dict(), D={'w': torch.ones(3)}, opt_G={}, step=7)
     models.save_checkpoint(ckpt, tmp_path / 'full.pt')
-    models.export_generator(models.load_checkpoint(tmp_path / 'full.pt'), tmp_path / 'slim.pt')
+    models.export_generator(models.load_checkpoint(tmp_path / 'full.pt'), tmp_path / 'slim.pt', seconds_per_step=0.5)
     slim = torch.load(tmp_path / 'slim.pt', weights_only=True)
-    assert set(slim) == {'format', 'G_kwargs', 'D_kwargs', 'meta', 'G_ema', 'step', 'exported'}
+    assert set(slim) == {'format', 'G_kwargs', 'D_kwargs', 'meta', 'G_ema', 'step', 'exported', 'seconds_per_step'}
+    assert slim['seconds_per_step'] == 0.5 and slim['step'] == 7
     assert all(v.dtype == torch.float16 for v in slim['G_ema'].values() if v.is_floating_point())
     assert (tmp_path / 'slim.pt').stat().st_size < 2 * 2**20
     G_slim, meta = models.load_generator(tmp_path / 'slim.pt')

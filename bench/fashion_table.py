@@ -256,7 +256,9 @@ def main(args):
     write_figure(root, [row for row in ordered if row in REAL_ROWS or weights(root, row, args.shipped)], args.data_dir,
                  args.shipped)
     if diffusion:
-        write_nfe_table(root, points, args.nfe_n, minutes)
+        # the floor at the comparison's n: nfe_n training images against the whole test set, as samples are
+        floor = metrics.reference_scores(args.classifier, args.data_dir, args.nfe_n, n_test=10_000)['floor']
+        write_nfe_table(root, points, args.nfe_n, minutes, floor)
     if args.pnp:
         write_pnp_table(root, args.data_dir, args.pnp_n, args.shipped)
 
@@ -324,11 +326,14 @@ def write_table(root, rows, results, n, minutes=None):
     print(f'wrote {root / "table.md"} and {root / "table.json"}')
 
 
-def write_nfe_table(root, points, n, minutes):
+def write_nfe_table(root, points, n, minutes, floor=None):
     """nfe_table.md, nfe.json and nfe.png: the diffusion rows at each sampler beside the RGM points, all
     at n samples, and the two answers: the fewest DDIM steps of each DDPM run that reach RGM-KLD-D's FD
-    (the NFE ratio), and the wall-clock ratio of sampling 10,000 images at those two settings."""
-    rows = []
+    (the NFE ratio), and the wall-clock ratio of sampling 10,000 images at those two settings. `floor`
+    (real training images scored at the same n) heads the table: what each metric reads at this n when
+    nothing is wrong."""
+    rows = [dict(summarise('floor', [floor]), label=f'{n:,} training images (the floor at this n)', sampler=None)
+            ] if floor else []
     for (row, sampler), r in sorted(points.items(), key=lambda kv: (list(MODEL_ROWS).index(kv[0][0]), kv[1]['nfe'])):
         label = ROWS[row] if row in RGM_POINTS else f"{ROWS[row]}: {'DDPM ancestral' if sampler == 1000 else 'DDIM'}"
         rows.append(dict(summarise(row, [r], minutes.get(row)), label=label, sampler=sampler))
@@ -375,6 +380,9 @@ def nfe_figure(path, rows, n):
             point = [r for r in rows if r['row'] == row]
             if point:
                 ax.plot(point[0]['nfe'], max(point[0][key], 1e-6), marker, ms=12, label=ROWS[row])
+        for r in rows:
+            if r['row'] == 'floor' and r[key] is not None:
+                ax.axhline(max(r[key], 1e-6), color='gray', ls='--', lw=1, label=f'real images (the floor at n = {n})')
         ax.set(xscale='log', yscale='log', xlabel='network evaluations per sample (NFE)',
                ylabel=f'{name} (n = {n}, lower is better)')
         ax.grid(True, which='both', alpha=0.3)

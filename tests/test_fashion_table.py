@@ -72,8 +72,13 @@ def test_the_nfe_table_finds_the_fewest_ddim_steps_that_reach_rgm(tmp_path):
     fds = {4: 40.0, 7: 20.0, 10: 6.0, 25: 4.5, 50: 3.0, 100: 2.5, 1000: 2.0}
     points.update({('ddpm', s): scored(fds[s], s, 2.5 * s) for s in ft.SAMPLERS})
     points.update({('ddpm_4x', s): scored(fds[s] + 10, s, 2.5 * s) for s in ft.SAMPLERS})
-    ft.write_nfe_table(tmp_path, points, 100, {})
-    answers = {a['row']: a for a in json.loads((tmp_path / 'nfe.json').read_text())['answers']}
+    floor = {k: v for k, v in scored(0.5, None, 0.0).items() if k not in ('nfe', 'sampling_seconds')}
+    ft.write_nfe_table(tmp_path, points, 100, {}, floor)
+    written = json.loads((tmp_path / 'nfe.json').read_text())
+    answers = {a['row']: a for a in written['answers']}
+    # the floor heads the table at the same n and is never taken for a model's point
+    assert written['rows'][0]['row'] == 'floor' and written['rows'][0]['fd'] == 0.5
+    assert (tmp_path / 'nfe_table.md').read_text().splitlines()[2].startswith('| 100 training images (the floor')
     # 25 steps is the first with FD <= 5: 25 / 4 the NFE, 62.5 ms against 10 ms the time
     assert answers['ddpm']['reached'] == 25 and answers['ddpm']['nfe_ratio'] == pytest.approx(6.25)
     assert answers['ddpm']['time_ratio'] == pytest.approx(6.25)

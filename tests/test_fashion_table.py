@@ -61,16 +61,16 @@ def test_shipped_weights_stand_in_for_a_run_only_when_asked(tmp_path):
     assert ft.weights(tmp_path, 'kld_d', shipped=True) == final          # the run's own checkpoint first
 
 
-def scored(fd, nfe, ms, kid=0.01):
+def scored(fd, nfe, ms, kid=0.01, recall=0.25):
     shares = {'Bag': 0.5, 'Trouser': 0.5}
-    return dict(fd=fd, kid_mean=kid, precision=0.5, recall=0.25, mean_pixel=60.0, n=100, n_samples=100, nfe=nfe,
+    return dict(fd=fd, kid_mean=kid, precision=0.5, recall=recall, mean_pixel=60.0, n=100, n_samples=100, nfe=nfe,
                 sampling_seconds=ms * 100 / 1e3, class_shares=shares)
 
 
 def test_the_nfe_table_finds_the_fewest_ddim_steps_that_reach_rgm(tmp_path):
     points = {('kld_d', None): scored(5.0, 4, 10.0)}
     fds = {4: 40.0, 7: 20.0, 10: 6.0, 25: 4.5, 50: 3.0, 100: 2.5, 1000: 2.0}
-    points.update({('ddpm', s): scored(fds[s], s, 2.5 * s) for s in ft.SAMPLERS})
+    points.update({('ddpm', s): scored(fds[s], s, 2.5 * s, recall=s / 100) for s in ft.SAMPLERS})
     points.update({('ddpm_4x', s): scored(fds[s] + 10, s, 2.5 * s) for s in ft.SAMPLERS})
     floor = {k: v for k, v in scored(0.5, None, 0.0).items() if k not in ('nfe', 'sampling_seconds')}
     ft.write_nfe_table(tmp_path, points, 100, {}, floor)
@@ -82,6 +82,8 @@ def test_the_nfe_table_finds_the_fewest_ddim_steps_that_reach_rgm(tmp_path):
     # 25 steps is the first with FD <= 5: 25 / 4 the NFE, 62.5 ms against 10 ms the time
     assert answers['ddpm']['reached'] == 25 and answers['ddpm']['nfe_ratio'] == pytest.approx(6.25)
     assert answers['ddpm']['time_ratio'] == pytest.approx(6.25)
+    # recall s / 100 reaches RGM's 0.25 first at 25 steps; the ancestral sampler is not a DDIM step count
+    assert answers['ddpm']['recall_reached_at'] == 25 and answers['ddpm']['best_precision'] == 0.5
     # +10 everywhere: never reached; the best is the ancestral sampler's 12.0 at 1000
     assert answers['ddpm_4x']['reached'] is None and answers['ddpm_4x']['best_fd'] == pytest.approx(12.0)
     assert answers['ddpm_4x']['best_nfe'] == 1000
@@ -94,4 +96,4 @@ def test_every_metric_is_averaged_over_the_seeds_with_its_spread():
     assert row['kid_mean'] == pytest.approx(0.02) and row['kid_mean_spread'] == pytest.approx(0.02)
     assert row['precision_spread'] == 0 and row['train_minutes'] == 41.0
     line = ft.table_line(row)
-    assert '13.00 (10.00, 12.00, 17.00)' in line and '20.00 (20.00, 10.00, 30.00)' in line   # KID x 1000
+    assert '13.00 (10.00, 12.00, 17.00)' in line and '0.020 (0.020, 0.010, 0.030)' in line   # FD, KID

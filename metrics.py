@@ -202,7 +202,7 @@ class Scores:
         if self.fashion:
             scores = scores_against(self.net, images, self.ref, progress=True)
             out.update(scores)
-            print(f"FD {scores['fd']:.3f} against {self.ref['n']} test images (floor: as many training "
+            print(f"FD {scores['fd']:.3f} against {self.ref['n']} test images (floor: {self.ref['n']} training "
                   f"images score {scores['fd_floor']:.3f}); class shares {scores['min_class_share']:.3f} "
                   f"to {scores['max_class_share']:.3f}: " + ' '.join(f'{v:.3f}' for v in scores['class_shares'].values()))
             if scores['precision'] is not None:

@@ -52,15 +52,16 @@ DIFFUSION_ROWS = ('ddpm', 'ddpm_4x')
 # ancestral sampler over all of them (sample.py without --steps).
 SAMPLERS = (4, 7, 10, 25, 50, 100, 1000)
 RGM_POINTS = ('kld_d', 'kld_sr')        # the RGM rows drawn beside the diffusion rows
-NFE_N = 500     # samples per point there: ancestral sampling (1000 NFE) costs 4.5 s an image on 2 cores
+NFE_N = 500     # samples per point there: ancestral sampling (1000 NFE) costs about 3 s an image on 2 cores
 REAL_ROWS = {'floor': '10,000 training images (the floor)', 'blur3': 'training images, 3x3 box blur',
              'blur5': 'training images, 5x5 box blur'}
 ROWS = {**REAL_ROWS, **{name: row[0] for name, row in MODEL_ROWS.items()}}
 SEEDED_ROW = 'kld_d'            # scored over three sampling seeds: how much of a difference is noise
-# Seconds per training step alone on the 2-core VM at 2 threads (bench/train_step.py), and per sampled
-# image at NFE 1: estimates for --dry-run until a row's own log says better.
-STEP_SECONDS = {'kld': 0.86, 'dswd': 1.0, 'mmse': 0.49, 'ddpm': 0.49}
-SAMPLE_SECONDS_PER_NFE = 0.004
+# Seconds per training step on the 2-core VM at 2 threads, the median of the table's own runs (kld: the
+# KLD-SR run; mmse: the shipped run, disturbed), and per sampled image at NFE 1 (batch 500): estimates for
+# --dry-run until a row's own log says better.
+STEP_SECONDS = {'kld': 0.60, 'dswd': 0.75, 'mmse': 0.37, 'ddpm': 0.29}
+SAMPLE_SECONDS_PER_NFE = 0.003
 
 
 def preset_args(row):

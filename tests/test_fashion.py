@@ -283,3 +283,17 @@ def test_without_the_data_set_sample_scores_from_the_statistics_in_the_classifie
     assert b['fd'] == pytest.approx(a['fd'], rel=1e-9) and b['fd_floor'] == pytest.approx(a['fd_floor'], rel=1e-9)
     assert b['n_reference'] == a['n_reference'] == 32 and b['class_shares'] == a['class_shares']
     assert b['kid_mean'] == pytest.approx(a['kid_mean'], abs=1e-3)          # fp16 features
+
+
+def test_the_floor_at_a_small_n_is_scored_against_the_whole_test_set(fashion_runs):
+    """reference_scores(n, n_test): n training images against n_test test images (the runner's floor of
+    its 500-sample table), its FD equal to the Frechet distance of the two feature sets computed here."""
+    tmp, folder, _ = fashion_runs
+    real = metrics.reference_scores(str(tmp / 'clf.pt'), str(folder), n=8, progress=False, n_test=32)
+    floor = real['floor']
+    assert floor['n_samples'] == 8 and floor['n_reference'] == 32
+    net, _ = metrics.load_classifier(str(tmp / 'clf.pt'))
+    f_train, _ = metrics.run_classifier(net, data.FashionMNIST(str(folder), train=True).images[:8])
+    f_test, _ = metrics.run_classifier(net, data.FashionMNIST(str(folder), train=False).images)
+    assert floor['fd'] == pytest.approx(metrics.frechet_distance(f_train, f_test), rel=1e-9)
+    assert real['blur5']['fd'] > floor['fd']

@@ -1,6 +1,7 @@
 """Every sample-quality metric of the project, and `Scores`, which sample.py reports.
 
-    FID, IS             Inception features through torch-fidelity (TF-Inception weights, as papers report)
+    FID, IS             Inception features through torch-fidelity (TF-Inception weights, as papers report),
+                        with KID and precision / recall in the same features beside FID
     fashion_scores      Fashion-MNIST without any download: a Frechet distance in the features of a small
                         classifier trained once on the training split, and the share of samples per class
 
@@ -76,6 +77,27 @@ class Images(torch.utils.data.Dataset):
         return self.images[i]
 
 
+CIFAR10_TRAIN = 50_000             # images in the 'cifar10' reference (torch-fidelity's cifar10-train)
+
+
+def _reference_files(folder):
+    """The files torch-fidelity reads from a reference folder, by its own rule (not data.list_images): those
+    directly in it with the extensions of its samples_find_ext."""
+    folder, extensions = Path(folder), tuple('.' + e for e in DEFAULTS['samples_find_ext'].split(','))
+    files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in extensions) if folder.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f'reference {str(folder)!r} is neither cifar10 nor a folder of '
+                                f'{"/".join(extensions)} images (torch-fidelity reads only those, not subfolders)')
+    return files
+
+
+def reference_size(reference):
+    """How many images a reference set (see reference_input) holds."""
+    if torch.is_tensor(reference):
+        return len(reference)
+    return CIFAR10_TRAIN if reference == 'cifar10' else len(_reference_files(reference))
+
+
 def reference_input(reference, image_size, slot=2):
     """torch-fidelity arguments for a reference set: 'cifar10' (its training set, as the paper),
     a folder of images (resized and centre-cropped to image_size; statistics cached under a name
@@ -86,13 +108,7 @@ def reference_input(reference, image_size, slot=2):
         if image_size != 32:
             raise ValueError(f'the cifar10 reference holds 32x32 images, the samples are {image_size}x{image_size}')
         return {f'input{slot}': 'cifar10-train'}
-    # torch-fidelity reads the folder itself, by its own rule (not data.list_images): the files directly
-    # in it with the extensions of its samples_find_ext; the cache key lists the same files.
-    folder, extensions = Path(reference), tuple('.' + e for e in DEFAULTS['samples_find_ext'].split(','))
-    files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in extensions) if folder.is_dir() else []
-    if not files:
-        raise FileNotFoundError(f'reference {reference!r} is neither cifar10 nor a folder of '
-                                f'{"/".join(extensions)} images (torch-fidelity reads only those, not subfolders)')
+    folder, files = Path(reference), _reference_files(reference)     # the cache key lists the files read
     key = hashlib.sha1('\n'.join([str(folder.resolve()), str(image_size), *files]).encode()).hexdigest()[:12]
     name = re.sub(r'[^A-Za-z0-9_.-]', '_', f'folder-{folder.name}-{image_size}px-{key}')
     return {f'input{slot}': str(folder), f'input{slot}_cache_name': name, 'samples_resize_and_crop': image_size}
@@ -109,21 +125,40 @@ def _fidelity(**kwargs):
                            f'for CIFAR-10 put cifar-10-python.tar.gz into {os.path.normpath(root)} '
                            '(or pass --data-dir)') from e
     names = {'fid': torch_fidelity.KEY_METRIC_FID, 'is_mean': torch_fidelity.KEY_METRIC_ISC_MEAN,
-             'is_std': torch_fidelity.KEY_METRIC_ISC_STD}
+             'is_std': torch_fidelity.KEY_METRIC_ISC_STD, 'kid_mean': KEY_METRIC_KID_MEAN, 'kid_std': KEY_METRIC_KID_STD,
+             'precision': KEY_METRIC_PRECISION, 'recall': KEY_METRIC_RECALL}
     return {name: m[key] for name, key in names.items() if key in m}
 
 
-def fidelity_metrics(images, reference=None, isc=False, device='cpu', **kwargs):
-    """FID against `reference` (see reference_input; None: no FID) and/or the Inception Score
-    (isc=True) of uint8 images (N, 3, H, W). Returns {'fid', 'is_mean', 'is_std'}, those computed.
+INCEPTION = 'inception-v3-compat'   # torch-fidelity's TF-Inception: FID, IS, and here KID and precision / recall
+
+
+def fidelity_metrics(images, reference=None, isc=False, device='cpu', kid=True, prc=True, **kwargs):
+    """Scores of uint8 images (N, 3, H, W) in Inception features: against `reference` (see reference_input;
+    None: none of these) the FID, KID (kid) and precision / recall (prc), and the Inception Score (isc=True).
+    Returns {'fid', 'kid_mean', 'kid_std', 'precision', 'recall', 'is_mean', 'is_std'}, those computed.
+
+    All through torch-fidelity's calculate_metrics with one feature extractor named for every metric: its
+    default would compute precision / recall in VGG-16 features; named, they use the same 2048-d pool
+    features as FID and KID, as in the classifier's features of fashion_scores. KID and precision / recall
+    are the estimators of kid() and precision_recall() below (torch-fidelity's own: the cubic kernel, 100
+    subsets of min(1000, N, N_reference) images; k = 3 neighbours, distances 1000 rows at a time).
     kwargs go to torch-fidelity: feature_extractor, feature_extractor_weights_path, batch_size,
     cache_root, datasets_root, isc_splits, verbose."""
     if isc and len(images) < kwargs.get('isc_splits', 10):
         raise ValueError(f"the Inception Score averages over {kwargs.get('isc_splits', 10)} splits: "
                          f'it needs at least that many samples, got {len(images)}')
+    kid, prc = reference is not None and kid, reference is not None and prc
     if reference is not None:
+        n_ref = reference_size(reference)
+        need = PRC_K + 1 if prc else 2          # k neighbours besides the point itself; a pair for KID's U-statistic
+        if min(len(images), n_ref) < need:
+            raise ValueError(f"FID's companions {'precision / recall (k = 3)' if prc else 'KID'} need at least "
+                             f'{need} images in each set, got {len(images)} samples and {n_ref} reference images')
         kwargs.update(reference_input(reference, images.shape[-1]))
-    return _fidelity(input1=Images(images), isc=isc, fid=reference is not None,
+        kwargs.update(kid_subset_size=min(1000, len(images), n_ref), prc_neighborhood=PRC_K, prc_batch_size=1000)
+    kwargs.setdefault('feature_extractor', INCEPTION)
+    return _fidelity(input1=Images(images), isc=isc, fid=reference is not None, kid=kid, prc=prc,
                      cuda=torch.device(device).type == 'cuda', **kwargs)
 
 
@@ -155,6 +190,9 @@ class Scores:
             raise ValueError(f"FID and IS need RGB images; this model makes {meta['channels']}-channel images")
         if fid and self.reference is None:
             raise ValueError('--fid needs --reference: cifar10 (the training set) or a folder of images')
+        if fid and n < PRC_K + 1:
+            raise ValueError(f'--fid also reports precision / recall (k = {PRC_K}): --n must be at least {PRC_K + 1}, '
+                             f'got {n}')
         if isc and n < 10:
             raise ValueError(f'the Inception Score averages over 10 splits: --n must be at least 10, got {n}')
 

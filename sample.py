@@ -4,6 +4,7 @@
     python sample.py --ckpt netG_1200.pth --authors-config cifar10 --figures    # the authors' released generator
     python sample.py --ckpt runs/fashion_kld/checkpoints/ckpt_00004000.pt --n 10000 --figures   # FD, class shares
     torchrun --nproc_per_node 8 sample.py --ckpt ckpt.pt --num-samples 50000 --batch-size 500 --format npz --fid --is
+                                                      # FID, KID, precision / recall (Inception features) and IS
 
 Samples come in chunks of --batch-size; chunk c is drawn with its own random generator seeded from
 (--seed, c), so the images depend on --seed and --batch-size, never on the number of processes.
@@ -222,7 +223,8 @@ def main(args):
     summary.update(scores(images))
     summary.update(images_per_second=args.n / summary['sampling_seconds'], wall_seconds=time.perf_counter() - wall)
     cli.write_json(out / 'metrics.json', summary)
-    shown = [f'{k} {summary[k]:.3f}' for k in ('fid', 'is_mean', 'is_std') if k in summary]
+    shown = [f'{k} {summary[k]:{".5f" if k.startswith("kid") else ".3f"}}'
+             for k in ('fid', 'kid_mean', 'kid_std', 'precision', 'recall', 'is_mean', 'is_std') if k in summary]
     print(' | '.join(shown + [f"NFE {summary['nfe']}", f'{args.n} samples',
                               f"{summary['images_per_second']:.1f} images/s",
                               f"wall {summary['wall_seconds']:.1f} s"]) + f" -> {out / 'metrics.json'}")
@@ -309,7 +311,8 @@ def build_parser():
     p.add_argument('--figures', action='store_true', help='also write trajectory.png and z_role.png')
     p.add_argument('--versus', metavar='CKPT', help='also write versus.png: this model beside another checkpoint '
                                                     '(e.g. the MMSE baseline), same seed, one trajectory each')
-    p.add_argument('--fid', action='store_true', help='FID against the --reference set')
+    p.add_argument('--fid', action='store_true', help='FID against the --reference set, with KID and precision / recall '
+                                                     '(k = 3) in the same Inception features')
     p.add_argument('--is', dest='is_', action='store_true', help='Inception Score')
     p.add_argument('--reference', help='cifar10 (training set) or a folder of images (default: the checkpoint\'s '
                                        'data set when that is cifar10)')

@@ -6,6 +6,7 @@ CPU, allocated memory on a GPU) is its own and a compiled row does not warm up t
     python bench/train_step.py                                              # tiny + fashion presets, CPU
     python bench/train_step.py --presets fashion_kld_d fashion_mmse_d --variants eager compile --threads 2
     python bench/train_step.py --presets cifar10_kld_d --device cuda --precision fp32 bf16 --batch 64 128
+    python bench/train_step.py --presets fashion_kld_d --flags "" "--K 1" "--lam 0" "--nz 0" "--posterior" --threads 2
 
 The last column extrapolates the preset's --max-steps at this batch on this one device. Random
 images stand in for data; R1 runs every lazy_reg steps as in training, so time enough steps to
@@ -31,20 +32,21 @@ VARIANTS = {'eager': (False, False), 'channels_last': (False, True), 'compile': 
             'compile+channels_last': (True, True)}
 
 
-def bench(preset, device, amp, variant, batch, warmup, steps, threads):
-    """{ms, images_per_s, peak_GB} of one preset's training iteration."""
+def bench(preset, device, amp, variant, batch, warmup, steps, threads, flags=()):
+    """{ms, images_per_s, peak_GB} of one preset's training iteration (with train_images `flags` on top)."""
     compile, channels_last = VARIANTS[variant]
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device)
-    cfg = train_images.parse_args(['--preset', preset])
+    cfg = train_images.parse_args(['--preset', preset, *flags])
     batch = batch or cfg.batch_size
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     size = cfg.image_size or models.CONFIGS[cfg.net]['G']['image_size']
     mmse = cfg.prior == 'mmse'
     G, D = (net.to(device, memory_format=fmt) for net in models.build_networks(
-        cfg.net, dict(image_size=size, **(dict(nz=0) if mmse else {})), dict(image_size=size)))
+        cfg.net, dict(image_size=size, **(dict(nz=0) if mmse else {} if cfg.nz is None else dict(nz=cfg.nz))),
+        dict(image_size=size)))
     channels = G.conv_in.in_channels
     G_ema = [p.detach().clone() for p in G.parameters()]
     opt_G = torch.optim.Adam(G.parameters(), cfg.lr_G, betas=train_images.ADAM_BETAS)
@@ -97,22 +99,23 @@ def main(args):
     print('| preset | prior | variant | threads | precision | batch | ms/step | images/s | peak memory (GB) | '
           'hours for --max-steps |')
     print('|---|---|---|---|---|---|---|---|---|---|')
-    for preset in args.presets:
+    for preset, flags in ([p, f.split()] for p in args.presets for f in args.flags or ['']):
         prior = train_images.PRESETS[preset].get('prior', 'kld')
+        row = ' '.join([preset, *flags])
         for batch in args.batch or [None]:
             for variant in args.variants:
                 for n in threads:
                     for precision in precisions:
                         job = dict(preset=preset, device=args.device, amp=precision == 'bf16', variant=variant,
-                                   batch=batch, warmup=args.warmup, steps=args.steps, threads=n)
+                                   batch=batch, warmup=args.warmup, steps=args.steps, threads=n, flags=flags)
                         out = subprocess.run([sys.executable, __file__, '--one', json.dumps(job)],
                                              capture_output=True, text=True)
                         if out.returncode:
-                            print(f'| {preset} | {prior} | {variant} | {n or "-"} | {precision} | {batch or "-"} | '
+                            print(f'| {row} | {prior} | {variant} | {n or "-"} | {precision} | {batch or "-"} | '
                                   f'failed: {out.stderr.strip().splitlines()[-1][:80]} ||||', flush=True)
                             continue
                         r = json.loads(out.stdout.strip().splitlines()[-1])
-                        print(f'| {preset} | {prior} | {variant} | {n or "-"} | {precision} | {r["batch"]} | '
+                        print(f'| {row} | {prior} | {variant} | {n or "-"} | {precision} | {r["batch"]} | '
                               f'{r["ms"]:.1f} | {r["images_per_s"]:.1f} | {r["peak_GB"]:.2f} | '
                               f'{r["max_steps"] * r["ms"] / 3.6e6:.3g} |', flush=True)
 
@@ -121,6 +124,8 @@ if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--presets', nargs='+', default=['tiny', 'fashion_kld_d', 'fashion_mmse_d'],
                    choices=sorted(train_images.PRESETS))
+    p.add_argument('--flags', nargs='+', metavar='"FLAGS"', help='train_images flags on top of each preset, one '
+                   'quoted string per row set, e.g. "" "--K 1" "--nz 0" (an ablation costs what its flags make it)')
     p.add_argument('--device', default='cpu')
     p.add_argument('--batch', type=int, nargs='+', help="default: the preset's global batch")
     p.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch_fidelity
+from torch_fidelity.defaults import DEFAULTS
 from PIL import Image
 
 from conftest import generator_parity
@@ -134,6 +135,9 @@ def test_missing_corrupt_and_ema_less_checkpoints_give_clear_errors(ckpt, tmp_pa
         _run(['--ckpt', str(ckpt), '--K', '7', '--out', str(tmp_path)])
     with pytest.raises(ValueError, match='--fid needs --reference'):
         _run(['--ckpt', str(ckpt), '--fid', '--out', str(tmp_path / 'fid')])
+    with pytest.raises(ValueError, match='--n must be at least 4'):          # precision / recall need k + 1 = 4
+        _run(['--ckpt', str(ckpt), '--fid', '--reference', str(tmp_path), '--n', '3', '--out', str(tmp_path / 'fid')])
+    assert not (tmp_path / 'fid').exists()                                  # refused before any write
 
 
 def test_authors_generator_file_is_converted_and_samples(tmp_path):
@@ -188,7 +192,7 @@ class LinearFeatures(torch_fidelity.FeatureExtractorBase):
 
     @staticmethod
     def get_default_feature_layer_for_metric(metric):
-        return {'fid': 'features', 'isc': 'logits'}[metric]
+        return {'fid': 'features', 'kid': 'features', 'prc': 'features', 'isc': 'logits'}[metric]
 
     @staticmethod
     def can_be_compiled():
@@ -244,7 +248,36 @@ def test_fid_matches_the_closed_form_for_gaussians(linear_fid):
     r1 = _sqrtm(S1)
     exact = float((m1 - m2).square().sum() + torch.trace(S1 + S2 - 2 * _sqrtm(r1 @ S2 @ r1)))  # tr (S1 S2)^(1/2)
     assert float((m1 - m2).square().sum()) < 0.25 * exact               # mostly the covariance term
-    assert linear_fid(X, Y)['fid'] == pytest.approx(exact, rel=0.03)       # Monte Carlo error ~1% at n = 40000
+    assert linear_fid(X, Y, prc=False)['fid'] == pytest.approx(exact, rel=0.03)  # Monte Carlo error ~1% at n = 40000
+
+
+def _linear_features(images):
+    return (images.flatten(1)[:, :12].double() - 128) / 64 @ LinearFeatures.W
+
+
+def test_kid_and_precision_recall_beside_fid_are_those_of_the_same_features(linear_fid):
+    """With a reference, FID comes with KID and precision / recall computed by torch-fidelity in the FID's
+    own features (not VGG-16's): equal to metrics.kid and metrics.precision_recall on those features;
+    1 and ~0 for a set against itself; a set inside a corner of the reference is precise and covers little."""
+    eye = torch.eye(12, dtype=torch.float64)
+    X = _gaussian_images(1000, torch.full((12,), 128., dtype=torch.float64), 400 * eye, seed=7)
+    Y = _gaussian_images(600, torch.full((12,), 128., dtype=torch.float64), 400 * eye, seed=8)
+    got = linear_fid(Y, X)
+    fx, fy = _linear_features(X), _linear_features(Y)
+    assert (got['kid_mean'], got['kid_std']) == pytest.approx(metrics.kid(fy, fx, seed=DEFAULTS['rng_seed']), rel=1e-9)
+    assert (got['precision'], got['recall']) == pytest.approx(metrics.precision_recall(fy, fx), abs=1e-6)
+    # one distribution: KID ~ 0 within its spread over subsets (they overlap, so not within kid_std / 10)
+    assert got['precision'] > 0.8 and got['recall'] > 0.8 and abs(got['kid_mean']) < 3 * got['kid_std']
+    same = linear_fid(X, X)               # every subset is all of X: MMD_u^2 = 2 (S - D) / (m (m-1)) - 2 S / m^2
+    k = (fx @ fx.T / fx.shape[1] + 1) ** 3                              # S: the kernel matrix's sum, D: its trace
+    m, S, D = len(fx), k.sum(), k.trace()
+    assert same['kid_mean'] == pytest.approx(float(2 * (S - D) / (m * (m - 1)) - 2 * S / m ** 2), rel=1e-9)
+    assert same['precision'] == same['recall'] == 1 and -0.1 < same['kid_mean'] < 0 and same['kid_std'] < 1e-12
+    corner = X[fx[:, 0] > fx[:, 0].quantile(0.9)]                      # the 10% of X furthest along one feature
+    part = linear_fid(corner, X)
+    assert part['precision'] == 1 and part['recall'] < 0.3 and part['kid_mean'] > 10 * got['kid_std']
+    with pytest.raises(ValueError, match='at least 4'):
+        linear_fid(X[:3], X)
 
 
 def test_inception_score_closed_forms(linear_fid):
@@ -301,9 +334,11 @@ def test_cli_caches_the_reference_once_and_writes_fid_and_is(ckpt, tmp_path, mon
     a, b = (json.loads((tmp_path / d / 'metrics.json').read_text()) for d in 'ab')
     G, _ = models.open_generator(str(ckpt))
     images = sample.generate(G, make_schedule('d', 4), META, 10, 5)               # the same samples, scored directly
-    ref = torch.stack([torch.from_numpy(np.array(Image.open(tmp_path / 'ref' / f'{i}.png'))).permute(2, 0, 1)
-                       for i in range(12)])
+    ref = torch.stack([torch.from_numpy(np.array(Image.open(tmp_path / 'ref' / name))).permute(2, 0, 1)
+                       for name in sorted(f'{i}.png' for i in range(12))])     # torch-fidelity's order: KID's subsets
     direct = metrics.fidelity_metrics(images, ref, isc=True)
     assert a['fid'] == b['fid'] == pytest.approx(direct['fid'], rel=1e-9) and a['fid'] > 0
+    for key in ('kid_mean', 'kid_std', 'precision', 'recall'):      # in the same (stand-in) features as FID
+        assert a[key] == b[key] == pytest.approx(direct[key], rel=1e-9, abs=1e-12)
     assert a['is_mean'] == pytest.approx(direct['is_mean'], rel=1e-9)
     assert a['nfe'] == 4 and a['n'] == 10 and a['reference_is'] > 1 and a['images_per_second'] > 0

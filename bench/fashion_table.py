@@ -13,7 +13,8 @@ scores them with the Fashion-MNIST classifier against the test images (FD, KID, 
 class shares, mean pixel value), and at the end writes table.md, table.json and samples.png (16 samples
 per row from seed 0: the same start noise for the rows whose start distribution has one shape) into
 --root. A row already scored at this --n is not scored again. Trainings and samplings run one at a
-time, each in its own process.
+time, each in its own process; `--jobs 2` trains two rows side by side on one thread each (about 1.4x
+faster in all on 2 cores).
 
 The DDPM rows (a noise-prediction DDPM with the same network, at the RGM presets' training budget and
 at 4x) are sampled at every setting of SAMPLERS, DDIM at 4 to 100 steps and ancestral sampling over all
@@ -21,6 +22,7 @@ at 4x) are sampled at every setting of SAMPLERS, DDIM at 4 to 100 steps and ance
 against NFE) with the RGM rows that are trained scored at the same --nfe-n.
 """
 import argparse
+import concurrent.futures
 import json
 import math
 import os
@@ -125,12 +127,27 @@ def run(cmd, log):
         raise SystemExit(f'failed (exit {code}); the last lines of {log}:\n' + ''.join(open(log).readlines()[-15:]))
 
 
-def train(root, row, data_dir):
+def train(root, row, data_dir, threads=0):
     _, preset, flags = MODEL_ROWS[row]
     out = root / row
     resume = ['--resume'] if train_images.checkpoints(str(out / 'checkpoints')) else []
     run([sys.executable, 'train_images.py', '--preset', preset, *flags, '--data-dir', data_dir, '--out', str(out),
-         *resume], root / f'{row}.train.log')
+         *(['--threads', str(threads)] if threads else []), *resume], root / f'{row}.train.log')
+
+
+# Two trainings side by side, one thread each, against one at a time on two threads (fashion_kld_d on the
+# 2-core VM): 1.05 s a step each against 0.74 s, so 1.4x the images per second in all.
+SIDE_BY_SIDE = 1.05 / 0.74
+
+
+def train_side_by_side(root, rows, data_dir, jobs):
+    """Train `rows` `jobs` at a time, each process on cores // jobs threads (at least one): on a small CPU
+    more images per second in all than one run at a time on every core (SIDE_BY_SIDE), since one training
+    step does not keep two threads busy. The first failure is raised once the runs under way have ended."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        for future in [pool.submit(train, root, row, data_dir, threads) for row in rows]:
+            future.result()
 
 
 def eval_dir(root, row, n, seed, sampler=None):
@@ -167,9 +184,9 @@ def evaluations(row, n, nfe_n, seeds, diffusion, samplers=SAMPLERS):
     return todo
 
 
-def estimate(root, rows, n, seeds, nfe_n=None, shipped=False, samplers=SAMPLERS):
-    """(lines, seconds) of what is left to do."""
-    lines, total = [], 0.0
+def estimate(root, rows, n, seeds, nfe_n=None, shipped=False, samplers=SAMPLERS, jobs=1):
+    """(lines, seconds) of what is left to do; with jobs > 1 the trainings run that many at a time."""
+    lines, total, training = [], 0.0, 0.0
     diffusion = any(row in DIFFUSION_ROWS for row in rows)
     for row in rows:
         if row in REAL_ROWS:
@@ -182,12 +199,16 @@ def estimate(root, rows, n, seeds, nfe_n=None, shipped=False, samplers=SAMPLERS)
         todo = [e for e in evaluations(row, n, nfe_n or n, seeds, diffusion, samplers)
                 if not (eval_dir(root, row, e[0], e[1], e[2]) / 'metrics.json').is_file()]
         sampling = sum(m * nfe * SAMPLE_SECONDS_PER_NFE for m, _, _, nfe in todo)
-        total += left + sampling
+        total, training = total + sampling, training + left
         state = ('trained' if final_checkpoint(root, row) else 'shipped weights' if ready
                  else f'step {done} of {cfg.max_steps}')
         what = ', '.join(f'{m} at NFE {nfe}' for m, _, _, nfe in todo) or 'nothing'
         lines.append(f'{row:11s} {state:22s} train {left / 60:5.0f} min, sample {sampling / 60:4.0f} min ({what})')
-    return lines, total
+    if jobs > 1 and training:
+        lines.append(f'trainings {jobs} at a time: {training / 60:.0f} min of training take about '
+                     f'{training * SIDE_BY_SIDE / jobs / 60:.0f}')
+        training *= SIDE_BY_SIDE / jobs
+    return lines, total + training
 
 
 SHIPPED_ROWS = ('kld_d', 'kld_sr', 'dswd_d', 'mmse_d', 'ddpm')     # checkpoints/<preset>.pt, with the classifier
@@ -224,7 +245,7 @@ def main(args):
     root, rows = Path(args.root), args.rows or list(ROWS)
     seeds = {row: [0, 1, 2] if row == SEEDED_ROW else [0] for row in rows}
     diffusion = any(row in DIFFUSION_ROWS for row in rows)
-    lines, total = estimate(root, rows, args.n, seeds, args.nfe_n, args.shipped, args.samplers)
+    lines, total = estimate(root, rows, args.n, seeds, args.nfe_n, args.shipped, args.samplers, args.jobs)
     print(f'{len(rows)} rows in {root}, n = {args.n}' + (f', diffusion comparison at n = {args.nfe_n}' if diffusion
           else '') + f'; about {total / 3600:.1f} hours left on a 2-core CPU:')
     print('\n'.join('  ' + line for line in lines))
@@ -232,6 +253,10 @@ def main(args):
         return
     root.mkdir(parents=True, exist_ok=True)
     results, points, started = {}, {}, time.time()
+    untrained = [row for row in rows if row in MODEL_ROWS and not weights(root, row, args.shipped)]
+    if args.jobs > 1 and len(untrained) > 1:
+        print(f"training {' '.join(untrained)}, {args.jobs} at a time", flush=True)
+        train_side_by_side(root, untrained, args.data_dir, args.jobs)
     for i, row in enumerate(rows, 1):
         print(f'[{i}/{len(rows)}] {row}: {ROWS[row]} ({(time.time() - started) / 60:.0f} min so far)', flush=True)
         if row in REAL_ROWS:
@@ -507,6 +532,9 @@ if __name__ == '__main__':
     p.add_argument('--dry-run', action='store_true', help='print what would be done and how long it would take')
     p.add_argument('--train-only', action='store_true', help='train the rows that need it, one after the other, '
                    'and stop: score them later')
+    p.add_argument('--jobs', type=int, default=1, help='trainings run side by side, each on cores / jobs threads '
+                   '(2 on a 2-core CPU: about 1.4x faster in all than one at a time; the table\'s training minutes '
+                   'then come from runs that shared the machine)')
     p.add_argument('--ship', action='store_true', help='only write the trained generators of ' + ', '.join(SHIPPED_ROWS)
                    + ' and the classifier with the test statistics into checkpoints/')
     p.add_argument('--pnp', action='store_true', help='also Table 4 in small: KLD-D and KLD-SR on denoise, sr2, sr4')
@@ -514,4 +542,6 @@ if __name__ == '__main__':
     args = p.parse_args()
     if args.n < 2 or args.nfe_n < 2:
         p.error('--n and --nfe-n must be at least 2')
+    if args.jobs < 1:
+        p.error(f'--jobs must be at least 1, got {args.jobs}')
     main(args)

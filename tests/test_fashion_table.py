@@ -2,6 +2,7 @@
 from a run's own log, and a table row from metrics.json files, checked against numbers made here."""
 import json
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,25 @@ def test_every_metric_is_averaged_over_the_seeds_with_its_spread():
     assert row['precision_spread'] == 0 and row['train_minutes'] == 41.0
     line = ft.table_line(row)
     assert '13.00 (10.00, 12.00, 17.00)' in line and '0.020 (0.020, 0.010, 0.030)' in line   # FD, KID
+
+
+def test_jobs_train_rows_side_by_side_on_a_share_of_the_cores(tmp_path, monkeypatch):
+    """--jobs 2: both trainings are under way at once (each waits for the other at a barrier, which
+    times out if they ran one after the other), each with --threads cores // 2; the estimate shrinks by
+    SIDE_BY_SIDE / 2."""
+    meet, calls = threading.Barrier(2, timeout=20), []
+
+    def fake_run(cmd, log):
+        calls.append(cmd)
+        meet.wait()
+    monkeypatch.setattr(ft, 'run', fake_run)
+    monkeypatch.setattr(ft.os, 'cpu_count', lambda: 4)
+    ft.train_side_by_side(tmp_path, ['kld_d_k1', 'kld_d_nz0'], 'data', jobs=2)
+    assert sorted(c[c.index('--out') + 1] for c in calls) == [str(tmp_path / 'kld_d_k1'), str(tmp_path / 'kld_d_nz0')]
+    assert all(c[c.index('--threads') + 1] == '2' for c in calls)
+    assert ['--K', '1'] == calls[[str(tmp_path / 'kld_d_k1') in c for c in calls].index(True)][4:6]
+    seeds = {'kld_d_k1': [0], 'kld_d_nz0': [0]}
+    _, one = ft.estimate(tmp_path, ['kld_d_k1', 'kld_d_nz0'], n=100, seeds=seeds)
+    _, two = ft.estimate(tmp_path, ['kld_d_k1', 'kld_d_nz0'], n=100, seeds=seeds, jobs=2)
+    sampling = 100 * (1 + 4) * ft.SAMPLE_SECONDS_PER_NFE
+    assert two - sampling == pytest.approx((one - sampling) * ft.SIDE_BY_SIDE / 2)

@@ -223,8 +223,9 @@ def main(args):
     summary.update(scores(images))
     summary.update(images_per_second=args.n / summary['sampling_seconds'], wall_seconds=time.perf_counter() - wall)
     cli.write_json(out / 'metrics.json', summary)
+    inception = ('fid', 'kid_mean', 'kid_std', 'precision', 'recall') if 'fid' in summary else ()   # else: printed above
     shown = [f'{k} {summary[k]:{".5f" if k.startswith("kid") else ".3f"}}'
-             for k in ('fid', 'kid_mean', 'kid_std', 'precision', 'recall', 'is_mean', 'is_std') if k in summary]
+             for k in (*inception, 'is_mean', 'is_std') if k in summary]
     print(' | '.join(shown + [f"NFE {summary['nfe']}", f'{args.n} samples',
                               f"{summary['images_per_second']:.1f} images/s",
                               f"wall {summary['wall_seconds']:.1f} s"]) + f" -> {out / 'metrics.json'}")

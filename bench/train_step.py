@@ -6,7 +6,9 @@ CPU, allocated memory on a GPU) is its own and a compiled row does not warm up t
     python bench/train_step.py                                              # tiny + fashion presets, CPU
     python bench/train_step.py --presets fashion_kld_d fashion_mmse_d --variants eager compile --threads 2
     python bench/train_step.py --presets cifar10_kld_d --device cuda --precision fp32 bf16 --batch 64 128
-    python bench/train_step.py --presets fashion_kld_d --flags "" "--K 1" "--lam 0" "--nz 0" "--posterior" --threads 2
+    python bench/train_step.py --presets fashion_kld_d --flags "" "--K 1" "--lam 0" "--nz 0" "--posterior " --threads 2
+
+(A --flags string holds a space, as "--posterior " does: argparse takes one without for an option of this script.)
 
 The last column extrapolates the preset's --max-steps at this batch on this one device. Random
 images stand in for data; R1 runs every lazy_reg steps as in training, so time enough steps to

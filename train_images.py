@@ -339,6 +339,9 @@ def ddpm_step(G, opt_G, x0, schedule, autocast=contextlib.nullcontext):
     return dict(ddpm=loss.detach())
 
 
+BASELINE_STEPS = {'mmse': mmse_step, 'ddpm': ddpm_step}     # the step of each baseline's objective
+
+
 # ----------------------------------------------------------------------------
 # Run directory and checkpoints (the contract of models.py).
 
@@ -743,7 +746,7 @@ def run_training(args, rank, world_size, device, master, setup, run, restart):
 
     # ---- the loop: one train_step (or mmse_step) per batch, a report every so often ----
     monitor = Monitor([args.prior] if setup.mmse else ['loss_D', 'r1', 'fidelity', 'prior', 'loss_G'], device)
-    baseline_step = ddpm_step if args.prior == 'ddpm' else mmse_step
+    baseline_step = BASELINE_STEPS.get(args.prior)
     ema_params, params = list(nets.G_ema.parameters()), list(nets.G.parameters())
     step = start_step
     bar = tqdm(total=args.max_steps, initial=start_step, disable=not master, dynamic_ncols=True)

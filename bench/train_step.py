@@ -25,54 +25,44 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import losses  # noqa: E402
 import models  # noqa: E402
 import train_images  # noqa: E402
-from schedules import make_schedule  # noqa: E402
 
 VARIANTS = {'eager': (False, False), 'channels_last': (False, True), 'compile': (True, False),
             'compile+channels_last': (True, True)}
 
 
 def bench(preset, device, amp, variant, batch, warmup, steps, threads, flags=()):
-    """{ms, images_per_s, peak_GB} of one preset's training iteration (with train_images `flags` on top)."""
+    """{ms, images_per_s, peak_GB} of one preset's training iteration (with train_images `flags` on top):
+    the networks, optimisers and prior built by train_images.configure and build_nets, as a run builds them."""
     compile, channels_last = VARIANTS[variant]
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device)
     cfg = train_images.parse_args(['--preset', preset, *flags])
-    batch = batch or cfg.batch_size
-    torch.manual_seed(0)
+    cfg.batch_size = batch = batch or cfg.batch_size
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    size = cfg.image_size or models.CONFIGS[cfg.net]['G']['image_size']
-    mmse = cfg.prior == 'mmse'
-    G, D = (net.to(device, memory_format=fmt) for net in models.build_networks(
-        cfg.net, dict(image_size=size, **(dict(nz=0) if mmse else {} if cfg.nz is None else dict(nz=cfg.nz))),
-        dict(image_size=size)))
-    channels = G.conv_in.in_channels
-    G_ema = [p.detach().clone() for p in G.parameters()]
-    opt_G = torch.optim.Adam(G.parameters(), cfg.lr_G, betas=train_images.ADAM_BETAS)
-    opt_D = torch.optim.Adam(D.parameters(), cfg.lr_D, betas=train_images.ADAM_BETAS)
-    schedule = make_schedule(cfg.schedule, cfg.K, cfg.discretisation).to(device)
+    cfg.seed = 0
+    setup = train_images.configure(cfg, 1, device)
+    nets = train_images.build_nets(cfg, setup, device, steps_per_epoch=1, memory_format=fmt)
+    G_ema, params = list(nets.G_ema.parameters()), list(nets.G.parameters())
     autocast = train_images.bf16_autocast(device, amp)
-    x0 = (torch.rand(batch, channels, size, size, device=device) * 2 - 1).to(memory_format=fmt)
-    G_train = torch.compile(G) if compile else G
-    if mmse:
+    size = setup.image_size
+    x0 = (torch.rand(batch, setup.channels, size, size, device=device) * 2 - 1).to(memory_format=fmt)
+    G_train = torch.compile(nets.G) if compile else nets.G
+    if setup.mmse:
         def step(i):
-            train_images.mmse_step(G_train, opt_G, x0, schedule, autocast=autocast)
-            models.ema_update(G_ema, list(G.parameters()), cfg.ema_decay)
+            train_images.BASELINE_STEPS[cfg.prior](G_train, nets.opt_G, x0, setup.schedule, autocast=autocast)
+            models.ema_update(G_ema, params, cfg.ema_decay)
     else:
-        gan = losses.KLD(cfg.r1_gamma, cfg.lazy_reg)
-        prior = train_images.make_prior(cfg.prior, gan, D.conv_out.out_channels * 16, device, cfg.mmd_bandwidths,
-                                        cfg.dswd_projections, cfg.dswd_steps, cfg.lr_D)
-        D_fast = torch.compile(D) if compile else D
-        critic = train_images.Critic(D, train=D_fast, frozen=D_fast)       # R1 on the eager D, as in training
+        D_fast = torch.compile(nets.D) if compile else nets.D
+        critic = train_images.Critic(nets.D, train=D_fast, frozen=D_fast)     # R1 on the eager D, as in training
         shared = torch.Generator(device).manual_seed(0)
 
         def step(i):
-            train_images.train_step(G_train, critic, opt_G, opt_D, x0, schedule, gan, prior, i, cfg.lam, G.nz,
-                                    cfg.posterior, shared=shared, autocast=autocast)
-            models.ema_update(G_ema, list(G.parameters()), cfg.ema_decay)
+            train_images.train_step(G_train, critic, nets.opt_G, nets.opt_D, x0, setup.schedule, nets.critic,
+                                    nets.prior, i, cfg.lam, setup.nz, cfg.posterior, shared=shared, autocast=autocast)
+            models.ema_update(G_ema, params, cfg.ema_decay)
 
     for i in range(1, warmup + 1):          # start at step 1: R1 (step 0) is timed in its turn below
         step(i)
@@ -102,7 +92,7 @@ def main(args):
           'hours for --max-steps |')
     print('|---|---|---|---|---|---|---|---|---|---|')
     for preset, flags in ([p, f.split()] for p in args.presets for f in args.flags or ['']):
-        prior = train_images.PRESETS[preset].get('prior', 'kld')
+        prior = train_images.parse_args(['--preset', preset, *flags]).prior
         row = ' '.join([preset, *flags])
         for batch in args.batch or [None]:
             for variant in args.variants:

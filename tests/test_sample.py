@@ -257,15 +257,22 @@ def _linear_features(images):
 
 def test_kid_and_precision_recall_beside_fid_are_those_of_the_same_features(linear_fid):
     """With a reference, FID comes with KID and precision / recall computed by torch-fidelity in the FID's
-    own features (not VGG-16's): equal to metrics.kid and metrics.precision_recall on those features;
-    1 and ~0 for a set against itself; a set inside a corner of the reference is precise and covers little."""
+    own features (not VGG-16's): KID equal to metrics.kid on those features and, for a set against itself,
+    to its closed form; precision / recall equal to the k-NN rule evaluated on dense distance matrices, 1 for
+    a set against itself; a set inside a corner of the reference is precise and covers little."""
     eye = torch.eye(12, dtype=torch.float64)
     X = _gaussian_images(1000, torch.full((12,), 128., dtype=torch.float64), 400 * eye, seed=7)
     Y = _gaussian_images(600, torch.full((12,), 128., dtype=torch.float64), 400 * eye, seed=8)
     got = linear_fid(Y, X)
     fx, fy = _linear_features(X), _linear_features(Y)
     assert (got['kid_mean'], got['kid_std']) == pytest.approx(metrics.kid(fy, fx, seed=DEFAULTS['rng_seed']), rel=1e-9)
-    assert (got['precision'], got['recall']) == pytest.approx(metrics.precision_recall(fy, fx), abs=1e-6)
+    # precision / recall from the dense distance matrices: a point is covered by the other set when it lies
+    # within some member's radius, the distance from that member to its 3rd nearest neighbour in its own set
+    radius = {name: torch.cdist(f, f).sort(dim=1).values[:, 3] for name, f in (('x', fx), ('y', fy))}
+    d_yx = torch.cdist(fy, fx)
+    precision = (d_yx <= radius['x'][None, :]).any(1).double().mean()
+    recall = (d_yx.T <= radius['y'][None, :]).any(1).double().mean()
+    assert (got['precision'], got['recall']) == pytest.approx((float(precision), float(recall)), abs=1e-6)
     # one distribution: KID ~ 0 within its spread over subsets (they overlap, so not within kid_std / 10)
     assert got['precision'] > 0.8 and got['recall'] > 0.8 and abs(got['kid_mean']) < 3 * got['kid_std']
     same = linear_fid(X, X)               # every subset is all of X: MMD_u^2 = 2 (S - D) / (m (m-1)) - 2 S / m^2

@@ -13,7 +13,7 @@ scores them with the Fashion-MNIST classifier against the test images (FD, KID, 
 class shares, mean pixel value), and at the end writes table.md, table.json and samples.png (16 samples
 per row from seed 0: the same start noise for the rows whose start distribution has one shape) into
 --root. A row already scored at this --n is not scored again. Trainings and samplings run one at a
-time, each in its own process; `--jobs 2` trains two rows side by side on one thread each (about 1.4x
+time, each in its own process; `--jobs 2` trains two rows side by side on one thread each (about 1.7x
 faster in all on 2 cores).
 
 The DDPM rows (a noise-prediction DDPM with the same network, at the RGM presets' training budget and
@@ -135,9 +135,10 @@ def train(root, row, data_dir, threads=0):
          *(['--threads', str(threads)] if threads else []), *resume], root / f'{row}.train.log')
 
 
-# Two trainings side by side, one thread each, against one at a time on two threads (fashion_kld_d on the
-# 2-core VM): 1.05 s a step each against 0.74 s, so 1.4x the images per second in all.
-SIDE_BY_SIDE = 1.05 / 0.74
+# A step of two trainings side by side, one thread each, against a step of one alone on two threads
+# (fashion_kld_d, 2-core VM, one day): 0.84 s each (median of the four ablation runs' logs) against 0.74 s
+# (bench/train_step.py, the fastest of three timings that day), so about 1.7x the images per second in all.
+SIDE_BY_SIDE = 0.84 / 0.74
 
 
 def train_side_by_side(root, rows, data_dir, jobs):
@@ -533,7 +534,7 @@ if __name__ == '__main__':
     p.add_argument('--train-only', action='store_true', help='train the rows that need it, one after the other, '
                    'and stop: score them later')
     p.add_argument('--jobs', type=int, default=1, help='trainings run side by side, each on cores / jobs threads '
-                   '(2 on a 2-core CPU: about 1.4x faster in all than one at a time; the table\'s training minutes '
+                   '(2 on a 2-core CPU: about 1.7x faster in all than one at a time; the table\'s training minutes '
                    'then come from runs that shared the machine)')
     p.add_argument('--ship', action='store_true', help='only write the trained generators of ' + ', '.join(SHIPPED_ROWS)
                    + ' and the classifier with the test statistics into checkpoints/')

@@ -180,6 +180,8 @@ def versus_figure(columns, trajectories, path, nrow=8):
 
 def main(args):
     wall = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rank, world_size, device = cli.init_distributed(args.device, cli.LONG_TIMEOUT)   # rank 0 caches statistics
     master = rank == 0
     G, meta = cli.load_generator(args, device)
@@ -195,7 +197,8 @@ def main(args):
                             batch_size=min(args.batch_size, 250), device=device)  # Inception runs at 299 px
     summary = dict(ckpt=str(args.ckpt), ema=not args.no_ema, schedule=meta['schedule'], nfe=nfe(meta, schedule, args.steps),
                    posterior=meta['posterior'], noise_scale=args.noise_scale, seed=args.seed, n=args.n, steps=args.steps,
-                   batch_size=args.batch_size, world_size=world_size, device=str(device))
+                   batch_size=args.batch_size, world_size=world_size, device=str(device),
+                   threads=torch.get_num_threads())     # CPU threads per process: the speed depends on them
     if master:
         summary.update(scores.prepare())
     if world_size > 1:
@@ -301,6 +304,8 @@ def build_parser():
                    "levels (default: ancestral sampling over all of them); RGM models sample their trained K levels")
     p.add_argument('--noise-scale', type=cli.nonnegative_float, default=0.999, help='scale of the fresh forward noise (authors 0.999; posterior-trained models draw from q(x_k | x_{k+1}, x0_hat) unscaled)')
     p.add_argument('--device', default=cli.DEFAULT_DEVICE)
+    p.add_argument('--threads', type=cli.nonnegative_int, default=0,
+                   help="CPU threads per process (0 = torch's default); metrics.json records them beside the speed")
     p.add_argument('--out', help='output folder (default: samples/ beside the checkpoint); one that holds files '
                                  'needs --overwrite')
     p.add_argument('--overwrite', action='store_true',

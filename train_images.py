@@ -401,7 +401,7 @@ class Setup:
         return self.G_kwargs['nz']
 
     @property
-    def mmse(self):
+    def baseline(self):
         """A baseline trained without z and D (--prior mmse or ddpm)."""
         return self.D_kwargs is None
 
@@ -590,7 +590,7 @@ def build_nets(args, setup, device, steps_per_epoch, memory_format):
     opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_G, betas=ADAM_BETAS)
     nets = Nets(G, G_ema, opt_G, torch.optim.lr_scheduler.LambdaLR(
         opt_G, cosine_lr(args.lr_G, args.lr_min, args.lr_tmax, steps_per_epoch)))
-    if not setup.mmse:
+    if not setup.baseline:
         D_kwargs = setup.D_kwargs
         nets.D = models.Discriminator(**D_kwargs).to(device, memory_format=memory_format)
         nets.opt_D = torch.optim.Adam(nets.D.parameters(), lr=args.lr_D, betas=ADAM_BETAS)
@@ -742,10 +742,10 @@ def run_training(args, rank, world_size, device, master, setup, run, restart):
         print(f'{"resuming " + resume_path if start_step else "new run"}: {world_size} process(es) on '
               f'{device.type}, {threads_note(args.threads)}, global batch {args.batch_size}, '
               f'{steps_per_epoch} steps per epoch, G {millions[0]:.2f}M, D {millions[1]:.2f}M parameters'
-              + (' (MMSE baseline: no D)' if setup.mmse else ''))
+              + (f' ({args.prior.upper()} baseline: no D)' if setup.baseline else ''))
 
-    # ---- the loop: one train_step (or mmse_step) per batch, a report every so often ----
-    monitor = Monitor([args.prior] if setup.mmse else ['loss_D', 'r1', 'fidelity', 'prior', 'loss_G'], device)
+    # ---- the loop: one train_step (or a baseline's step) per batch, a report every so often ----
+    monitor = Monitor([args.prior] if setup.baseline else ['loss_D', 'r1', 'fidelity', 'prior', 'loss_G'], device)
     baseline_step = BASELINE_STEPS.get(args.prior)
     ema_params, params = list(nets.G_ema.parameters()), list(nets.G.parameters())
     step = start_step
@@ -759,7 +759,7 @@ def run_training(args, rank, world_size, device, master, setup, run, restart):
             x0 = x0.to(device, non_blocking=True, memory_format=memory_format)
             flip = torch.rand(x0.shape[0], 1, 1, 1, device=device) < 0.5          # random horizontal flip
             x0 = torch.where(flip, x0.flip(3), x0)
-            if setup.mmse:
+            if setup.baseline:
                 terms = baseline_step(G_train, nets.opt_G, x0, setup.schedule, autocast=autocast)
             else:
                 terms = train_step(G_train, critic_views, nets.opt_G, nets.opt_D, x0, setup.schedule, nets.critic,
@@ -792,14 +792,14 @@ def report(step, args, monitor, nets, setup, run, meta, config, steps_per_epoch,
     if log_now:
         elapsed = time.time() - monitor.since
         record = dict(step=step, epoch=step // steps_per_epoch, **mean, lr_G=nets.opt_G.param_groups[0]['lr'],
-                      **({} if setup.mmse else dict(lr_D=nets.opt_D.param_groups[0]['lr'])),
+                      **({} if setup.baseline else dict(lr_D=nets.opt_D.param_groups[0]['lr'])),
                       img_per_s=monitor.count * args.batch_size / elapsed,
                       mem_GB=(torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else
                               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30)
         monitor.reset()
         if master:
             run.log(record)
-            bar.set_postfix({args.prior: f'{mean[args.prior]:.1f}'}) if setup.mmse else bar.set_postfix(
+            bar.set_postfix({args.prior: f'{mean[args.prior]:.1f}'}) if setup.baseline else bar.set_postfix(
                 D=f'{mean["loss_D"]:.3f}', fid=f'{mean["fidelity"]:.1f}', prior=f'{mean["prior"]:.3f}')
     if master and sample_now:
         shape = (args.n_samples, setup.channels, setup.image_size, setup.image_size)

@@ -18,8 +18,9 @@ faster in all on 2 cores).
 
 The DDPM rows (a noise-prediction DDPM with the same network, at the RGM presets' training budget and
 at 4x) are sampled at every setting of SAMPLERS, DDIM at 4 to 100 steps and ancestral sampling over all
-1000 levels, on --nfe-n images each, and written as nfe_table.md, nfe.json and nfe.png (FD and KID
-against NFE) with the RGM rows that are trained scored at the same --nfe-n.
+1000 levels, on --nfe-n images each, and written as nfe_table.md, nfe.json, nfe.png (FD and KID
+against NFE) and nfe_samples.png (the grids) with the RGM rows that are trained scored at the same
+--nfe-n. `--threads N` runs every sampling on N CPU threads; the tables say what they ran on.
 """
 import argparse
 import concurrent.futures
@@ -157,20 +158,21 @@ def eval_dir(root, row, n, seed, sampler=None):
     return root / row / f'eval_n{n}_seed{seed}{tail}'
 
 
-def score(root, row, seed, n, data_dir, classifier, shipped=False, sampler=None):
-    """sample.py on the row's generator (weights()): its metrics.json (sampled and scored once per n,
-    seed and sampler). The samples stay beside it (samples.npz), to be scored again without sampling."""
+def score(root, row, seed, n, data_dir, classifier, shipped=False, sampler=None, threads=0):
+    """sample.py on the row's generator (weights()), on `threads` CPU threads (0: torch's default): its
+    metrics.json (sampled and scored once per n, seed and sampler). The samples stay beside it
+    (samples.npz), to be scored again without sampling."""
     out = eval_dir(root, row, n, seed, sampler)
     path = out / 'metrics.json'
     if not path.is_file():
         steps = [] if sampler in (None, 1000) else ['--steps', str(sampler)]
         run([sys.executable, 'sample.py', '--ckpt', str(weights(root, row, shipped)), '--n', str(n),
              '--batch-size', str(BATCH), '--seed', str(seed), '--data-dir', data_dir, '--classifier', classifier,
-             '--format', 'npz', *steps, '--out', str(out), '--overwrite'], root / f'{row}.sample.log')
+             '--format', 'npz', *steps, '--threads', str(threads), '--out', str(out), '--overwrite'], root / f'{row}.sample.log')
     return json.loads(path.read_text())
 
 
-BATCH = 500     # sampling batch: every ms / image of the tables is measured at this batch, 2 threads
+BATCH = 500     # sampling batch: every ms / image of the tables is measured at this batch
 
 
 def evaluations(row, n, nfe_n, seeds, diffusion, samplers=SAMPLERS):
@@ -267,11 +269,16 @@ def main(args):
         if args.train_only:
             continue
         for m, seed, sampler, _ in evaluations(row, args.n, args.nfe_n, seeds, diffusion, args.samplers):
-            r = score(root, row, seed, m, args.data_dir, args.classifier, args.shipped, sampler)
+            r = score(root, row, seed, m, args.data_dir, args.classifier, args.shipped, sampler, args.threads)
             if m == args.n and row not in DIFFUSION_ROWS:
                 results.setdefault(row, []).append(r)
             if m == args.nfe_n and seed == 0 and (row in DIFFUSION_ROWS or row in RGM_POINTS):
                 points[row, sampler] = r
+        if row in DIFFUSION_ROWS:       # its samplers scored at this n by an earlier run: in the comparison too
+            for sampler in SAMPLERS:
+                done = eval_dir(root, row, args.nfe_n, 0, sampler) / 'metrics.json'
+                if (row, sampler) not in points and done.is_file():
+                    points[row, sampler] = json.loads(done.read_text())
     if args.train_only:
         return
     if any(row in REAL_ROWS for row in rows):
@@ -391,22 +398,68 @@ def write_nfe_table(root, points, n, minutes, floor=None):
                          f"{reached['nfe']} steps (FD {reached['fd']:.2f}): {nfe_ratio:.1f}x the NFE; 10,000 images "
                          f"take {reached['ms_per_image'] * 10:.0f} s against {target['ms_per_image'] * 10:.0f} s "
                          f"({time_ratio:.1f}x).")
+        ancestral = next((r for r in rows if r['row'] == ddpm and r['sampler'] == 1000), None)
+        if ancestral is not None:       # the sampler the DDPM was trained for, at its full cost
+            time_ratio = ancestral['ms_per_image'] / target['ms_per_image']
+            answer.update(ancestral_fd=ancestral['fd'], ancestral_time_ratio=time_ratio)
+            verb = 'reaches' if ancestral['fd'] <= target['fd'] else 'does not reach'
+            lines.append(f"Ancestral sampling over all 1000 levels {verb} it (FD {ancestral['fd']:.2f}, "
+                         f"{ancestral['nfe'] / target['nfe']:.0f}x the NFE); 10,000 images take "
+                         f"{ancestral['ms_per_image'] * 10:.0f} s against {target['ms_per_image'] * 10:.0f} s "
+                         f"({time_ratio:.0f}x).")
         if target['recall'] is not None and best_precision is not None:
             lines.append(f"By recall it {'reaches' if recall_at else 'does not reach'} RGM-KLD-D's "
                          f"{target['recall']:.3f}{f' from {recall_at} steps' if recall_at else ''}; its best precision "
                          f"is {best_precision:.3f} against RGM-KLD-D's {target['precision']:.3f}.")
         answers.append(answer)
-    lines.append(f'\nn = {n} samples per row, batch {BATCH}, 2 CPU threads, one process at a time.')
+    threads = sorted({str(r['threads']) for r in points.values() if 'threads' in r})   # as sample.py recorded them
+    lines.append(f'\nn = {n} samples per row, batch {BATCH}'
+                 + (f", {' or '.join(threads)} CPU thread(s) per sampling process." if threads else '.'))
     (root / 'nfe_table.md').write_text('\n'.join(lines) + '\n')
     (root / 'nfe.json').write_text(json.dumps(dict(n=n, rows=rows, answers=answers), indent=2) + '\n')
     print('\n'.join(lines))
     nfe_figure(root / 'nfe.png', rows, n)
+    nfe_samples(root, points, n)
+
+
+NFE_GRID_SAMPLERS = (10, 100, 1000)    # the diffusion rows' lines in nfe_samples.png
+
+
+def nfe_samples(root, points, n, count=16):
+    """nfe_samples.png: the first `count` samples of each RGM point and of each diffusion row at the
+    samplers of NFE_GRID_SAMPLERS, from the samples.npz the scores were computed on (seed 0, this n):
+    the grids to read beside the metrics."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+    import torchvision
+    shown = [(row, sampler) for row, sampler in points if sampler is None or sampler in NFE_GRID_SAMPLERS]
+    shown.sort(key=lambda p: (list(MODEL_ROWS).index(p[0]), p[1] or 0))
+    if not shown:
+        return
+    fig, axes = plt.subplots(len(shown), 1, figsize=(9, 0.75 * len(shown) + 0.3), squeeze=False)
+    for ax, (row, sampler) in zip(axes[:, 0], shown):
+        with np.load(eval_dir(root, row, n, 0, sampler) / 'samples.npz') as f:
+            images = torch.from_numpy(f['arr_0'][:count]).permute(0, 3, 1, 2)     # (n, H, W, C) uint8
+        grid = torchvision.utils.make_grid(images, nrow=count, padding=1, pad_value=255)
+        r = points[row, sampler]
+        how = '' if sampler is None else ', ancestral' if sampler == 1000 else ', DDIM'
+        ax.imshow(grid[0].numpy(), cmap='gray', vmin=0, vmax=255)
+        ax.set_title(f"{ROWS[row]}{how}, NFE {r['nfe']}: FD {r['fd']:.2f}, precision {r['precision']:.2f}, "
+                     f"recall {r['recall']:.2f}", fontsize=8, loc='left')
+        ax.axis('off')
+    fig.tight_layout()
+    fig.savefig(root / 'nfe_samples.png', dpi=150)
+    plt.close(fig)
+    print(f"wrote {root / 'nfe_samples.png'}")
 
 
 def nfe_figure(path, rows, n):
-    """FD, KID, precision and recall against NFE (log scale): a curve per DDPM run, a point per RGM row,
-    and a dashed line where real images score at the same n. FD on a log scale; the others on a linear
-    one (KID is unbiased, so real images score about 0 and may score below it)."""
+    """FD, KID, precision and recall against NFE (log scale): a DDIM curve and an ancestral point per DDPM
+    run, a point per RGM row, and a dashed line where real images score at the same n. FD on a log scale;
+    the others on a linear one (KID is unbiased, so real images score about 0 and may score below it)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -414,10 +467,14 @@ def nfe_figure(path, rows, n):
     panels = (('fd', 'FD', 'lower'), ('kid_mean', 'KID', 'lower'), ('precision', 'precision', 'higher'),
               ('recall', 'recall', 'higher'))
     for ax, (key, name, better) in zip(axes.flat, panels):
-        for row in DIFFUSION_ROWS:
-            curve = [r for r in rows if r['row'] == row and r[key] is not None]
+        for row in DIFFUSION_ROWS:      # the DDIM curve; the ancestral sampler, another sampler, unjoined
+            curve = [r for r in rows if r['row'] == row and r[key] is not None and r['sampler'] != 1000]
+            ancestral = [r for r in rows if r['row'] == row and r[key] is not None and r['sampler'] == 1000]
             if curve:
-                ax.plot([r['nfe'] for r in curve], [r[key] for r in curve], 'o-', label=ROWS[row])
+                line, = ax.plot([r['nfe'] for r in curve], [r[key] for r in curve], 'o-', label=f'{ROWS[row]}: DDIM')
+            if ancestral:
+                ax.plot(ancestral[0]['nfe'], ancestral[0][key], 's', ms=9, mfc='none', mew=2,
+                        color=line.get_color() if curve else None, label=f'{ROWS[row]}: ancestral')
         for row, marker in zip(RGM_POINTS, ('*', 'D')):
             point = [r for r in rows if r['row'] == row and r[key] is not None]
             if point:
@@ -428,7 +485,7 @@ def nfe_figure(path, rows, n):
         ax.set(xscale='log', yscale='log' if key == 'fd' else 'linear', xlabel='network evaluations per sample (NFE)',
                ylabel=f'{name} (n = {n}, {better} is better)')
         ax.grid(True, which='both', alpha=0.3)
-    axes[0, 0].legend(fontsize=7)
+    axes[0, 0].legend(fontsize=7, loc='lower left', bbox_to_anchor=(0, 0.1))   # below the points, above the floor
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -525,7 +582,8 @@ if __name__ == '__main__':
                    'rows at each sampler, and the RGM rows beside them)')
     p.add_argument('--samplers', type=int, nargs='+', default=list(SAMPLERS), choices=SAMPLERS, metavar='NFE',
                    help='the diffusion rows\' samplers: DDIM steps, 1000 = ancestral (default: all of '
-                   + ' '.join(map(str, SAMPLERS)) + ')')
+                   + ' '.join(map(str, SAMPLERS)) + '); the comparison also shows the samplers an earlier run scored '
+                   'at this --nfe-n')
     p.add_argument('--shipped', action='store_true', help='score the weights in checkpoints/ for rows that ship '
                    'them (' + ', '.join(SHIPPED_ROWS) + ') instead of training them')
     p.add_argument('--data-dir', default='data', help='Fashion-MNIST files (see data.py)')
@@ -533,6 +591,8 @@ if __name__ == '__main__':
     p.add_argument('--dry-run', action='store_true', help='print what would be done and how long it would take')
     p.add_argument('--train-only', action='store_true', help='train the rows that need it, one after the other, '
                    'and stop: score them later')
+    p.add_argument('--threads', type=int, default=0, help="CPU threads of each sampling process (0: torch's "
+                   'default, every core); the tables say what the samplings ran on')
     p.add_argument('--jobs', type=int, default=1, help='trainings run side by side, each on cores / jobs threads '
                    '(2 on a 2-core CPU: about 1.7x faster in all than one at a time; the table\'s training minutes '
                    'then come from runs that shared the machine)')
@@ -543,6 +603,8 @@ if __name__ == '__main__':
     args = p.parse_args()
     if args.n < 2 or args.nfe_n < 2:
         p.error('--n and --nfe-n must be at least 2')
+    if args.threads < 0:
+        p.error(f'--threads must be 0 or more, got {args.threads}')
     if args.jobs < 1:
         p.error(f'--jobs must be at least 1, got {args.jobs}')
     main(args)

@@ -50,7 +50,7 @@ def bench(preset, device, amp, variant, batch, warmup, steps, threads, flags=())
     size = setup.image_size
     x0 = (torch.rand(batch, setup.channels, size, size, device=device) * 2 - 1).to(memory_format=fmt)
     G_train = torch.compile(nets.G) if compile else nets.G
-    if setup.mmse:
+    if setup.baseline:
         def step(i):
             train_images.BASELINE_STEPS[cfg.prior](G_train, nets.opt_G, x0, setup.schedule, autocast=autocast)
             models.ema_update(G_ema, params, cfg.ema_decay)

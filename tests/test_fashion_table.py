@@ -5,6 +5,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
@@ -65,7 +66,7 @@ def test_shipped_weights_stand_in_for_a_run_only_when_asked(tmp_path):
 def scored(fd, nfe, ms, kid=0.01, recall=0.25):
     shares = {'Bag': 0.5, 'Trouser': 0.5}
     return dict(fd=fd, kid_mean=kid, precision=0.5, recall=recall, mean_pixel=60.0, n=100, n_samples=100, nfe=nfe,
-                sampling_seconds=ms * 100 / 1e3, class_shares=shares)
+                sampling_seconds=ms * 100 / 1e3, class_shares=shares, threads=1)
 
 
 def test_the_nfe_table_finds_the_fewest_ddim_steps_that_reach_rgm(tmp_path):
@@ -74,6 +75,9 @@ def test_the_nfe_table_finds_the_fewest_ddim_steps_that_reach_rgm(tmp_path):
     points.update({('ddpm', s): scored(fds[s], s, 2.5 * s, recall=s / 100) for s in ft.SAMPLERS})
     points.update({('ddpm_4x', s): scored(fds[s] + 10, s, 2.5 * s) for s in ft.SAMPLERS})
     floor = {k: v for k, v in scored(0.5, None, 0.0).items() if k not in ('nfe', 'sampling_seconds')}
+    for row, sampler in points:         # the samples each point was scored on, for nfe_samples.png
+        ft.eval_dir(tmp_path, row, 100, 0, sampler).mkdir(parents=True)
+        np.savez(ft.eval_dir(tmp_path, row, 100, 0, sampler) / 'samples.npz', np.zeros((20, 32, 32, 1), np.uint8))
     ft.write_nfe_table(tmp_path, points, 100, {}, floor)
     written = json.loads((tmp_path / 'nfe.json').read_text())
     answers = {a['row']: a for a in written['answers']}
@@ -89,6 +93,12 @@ def test_the_nfe_table_finds_the_fewest_ddim_steps_that_reach_rgm(tmp_path):
     assert answers['ddpm_4x']['reached'] is None and answers['ddpm_4x']['best_fd'] == pytest.approx(12.0)
     assert answers['ddpm_4x']['best_nfe'] == 1000
     assert (tmp_path / 'nfe.png').is_file() and 'not reach' in (tmp_path / 'nfe_table.md').read_text()
+    assert (tmp_path / 'nfe_samples.png').is_file()
+    # the ancestral sampler against RGM: FD 2.0 reaches 5.0 at 250x the NFE and 2500 / 10 ms the time
+    assert answers['ddpm']['ancestral_fd'] == 2.0 and answers['ddpm']['ancestral_time_ratio'] == pytest.approx(250)
+    text = (tmp_path / 'nfe_table.md').read_text()
+    assert 'levels reaches it (FD 2.00, 250x the NFE)' in text and 'levels does not reach it (FD 12.00' in text
+    assert text.rstrip().endswith('1 CPU thread(s) per sampling process.')     # as sample.py recorded them
 
 
 def test_every_metric_is_averaged_over_the_seeds_with_its_spread():

@@ -86,6 +86,19 @@ def test_two_gloo_processes_give_the_same_set_as_one(ckpt, tmp_path):
     assert '"world_size": 2' in (tmp_path / 'two' / 'metrics.json').read_text()
 
 
+def test_threads_flag_sets_and_records_the_cpu_threads(ckpt, tmp_path):
+    """--threads sets the process's CPU threads and metrics.json records them beside the speed."""
+    before = torch.get_num_threads()
+    try:
+        for threads, expected in ((1, 1), (0, 2)):       # 0 keeps what the process has (2, set here)
+            torch.set_num_threads(2)
+            _run(['--ckpt', str(ckpt), '--n', '2', '--batch-size', '2', '--format', 'npz', '--threads', str(threads),
+                  '--out', str(tmp_path / str(threads))])
+            assert json.loads((tmp_path / str(threads) / 'metrics.json').read_text())['threads'] == expected
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---- checkpoints --------------------------------------------------------------------------
 
 def test_checkpoint_samples_with_right_shape_range_and_lossless_files(ckpt, tmp_path):

@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import cli  # noqa: E402
 import metrics  # noqa: E402
 import train_images  # noqa: E402
 
@@ -168,7 +169,8 @@ def score(root, row, seed, n, data_dir, classifier, shipped=False, sampler=None,
         steps = [] if sampler in (None, 1000) else ['--steps', str(sampler)]
         run([sys.executable, 'sample.py', '--ckpt', str(weights(root, row, shipped)), '--n', str(n),
              '--batch-size', str(BATCH), '--seed', str(seed), '--data-dir', data_dir, '--classifier', classifier,
-             '--format', 'npz', *steps, '--threads', str(threads), '--out', str(out), '--overwrite'], root / f'{row}.sample.log')
+             '--format', 'npz', *steps, '--threads', str(threads), '--out', str(out), '--overwrite'],
+            root / f'{row}.sample.log')
     return json.loads(path.read_text())
 
 
@@ -429,31 +431,16 @@ def nfe_samples(root, points, n, count=16):
     """nfe_samples.png: the first `count` samples of each RGM point and of each diffusion row at the
     samplers of NFE_GRID_SAMPLERS, from the samples.npz the scores were computed on (seed 0, this n):
     the grids to read beside the metrics."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    import numpy as np
-    import torch
-    import torchvision
-    shown = [(row, sampler) for row, sampler in points if sampler is None or sampler in NFE_GRID_SAMPLERS]
-    shown.sort(key=lambda p: (list(MODEL_ROWS).index(p[0]), p[1] or 0))
-    if not shown:
-        return
-    fig, axes = plt.subplots(len(shown), 1, figsize=(9, 0.75 * len(shown) + 0.3), squeeze=False)
-    for ax, (row, sampler) in zip(axes[:, 0], shown):
-        with np.load(eval_dir(root, row, n, 0, sampler) / 'samples.npz') as f:
-            images = torch.from_numpy(f['arr_0'][:count]).permute(0, 3, 1, 2)     # (n, H, W, C) uint8
-        grid = torchvision.utils.make_grid(images, nrow=count, padding=1, pad_value=255)
+    shown = sorted((p for p in points if p[1] is None or p[1] in NFE_GRID_SAMPLERS),
+                   key=lambda p: (list(MODEL_ROWS).index(p[0]), p[1] or 0))
+    lines = []
+    for row, sampler in shown:
         r = points[row, sampler]
         how = '' if sampler is None else ', ancestral' if sampler == 1000 else ', DDIM'
-        ax.imshow(grid[0].numpy(), cmap='gray', vmin=0, vmax=255)
-        ax.set_title(f"{ROWS[row]}{how}, NFE {r['nfe']}: FD {r['fd']:.2f}, precision {r['precision']:.2f}, "
-                     f"recall {r['recall']:.2f}", fontsize=8, loc='left')
-        ax.axis('off')
-    fig.tight_layout()
-    fig.savefig(root / 'nfe_samples.png', dpi=150)
-    plt.close(fig)
-    print(f"wrote {root / 'nfe_samples.png'}")
+        lines.append((f"{ROWS[row]}{how}, NFE {r['nfe']}: FD {r['fd']:.2f}, precision {r['precision']:.2f}, "
+                      f"recall {r['recall']:.2f}",
+                      metrics.load_samples(eval_dir(root, row, n, 0, sampler) / 'samples.npz')[:count]))
+    image_lines(root / 'nfe_samples.png', lines)
 
 
 def nfe_figure(path, rows, n):
@@ -515,26 +502,35 @@ def row_samples(root, row, data_dir, n=16, shipped=False):
         return sample.generate(G, schedule_of(meta), meta, n, batch_size=n, seed=0, steps=steps)
 
 
-def write_figure(root, rows, data_dir, shipped=False):
-    """samples.png: one line of 16 images per row, labelled."""
+def image_lines(path, lines):
+    """A figure of labelled lines of images: `lines` holds (title, uint8 images (N, 1, H, W)) pairs, each
+    drawn as one row of N images. Nothing is written for no lines."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     import torchvision
-    if not rows:
+    if not lines:
         return
-    fig, axes = plt.subplots(len(rows), 1, figsize=(9, 0.75 * len(rows) + 0.3), squeeze=False)
-    for ax, row in zip(axes[:, 0], rows):
-        images = row_samples(root, row, data_dir, shipped=shipped)
-        grid = torchvision.utils.make_grid(images, nrow=16, padding=1, pad_value=255)
+    fig, axes = plt.subplots(len(lines), 1, figsize=(9, 0.75 * len(lines) + 0.3), squeeze=False)
+    for ax, (title, images) in zip(axes[:, 0], lines):
+        grid = torchvision.utils.make_grid(images, nrow=len(images), padding=1, pad_value=255)
         ax.imshow(grid[0].numpy(), cmap='gray', vmin=0, vmax=255)
-        label = ROWS[row] + (f', DDIM {FIGURE_DDIM_STEPS} steps' if row in DIFFUSION_ROWS else '')
-        ax.set_title(f'{label} (mean pixel {metrics.mean_pixel(images):.0f})', fontsize=8, loc='left')
+        ax.set_title(title, fontsize=8, loc='left')
         ax.axis('off')
     fig.tight_layout()
-    fig.savefig(root / 'samples.png', dpi=150)
+    fig.savefig(path, dpi=150)
     plt.close(fig)
-    print(f'wrote {root / "samples.png"}')
+    print(f'wrote {path}')
+
+
+def write_figure(root, rows, data_dir, shipped=False):
+    """samples.png: one line of 16 images per row, labelled."""
+    lines = []
+    for row in rows:
+        images = row_samples(root, row, data_dir, shipped=shipped)
+        label = ROWS[row] + (f', DDIM {FIGURE_DDIM_STEPS} steps' if row in DIFFUSION_ROWS else '')
+        lines.append((f'{label} (mean pixel {metrics.mean_pixel(images):.0f})', images))
+    image_lines(root / 'samples.png', lines)
 
 
 PNP_ROWS, PNP_TASKS = ('kld_d', 'kld_sr'), ('denoise', 'sr2', 'sr4')
@@ -591,8 +587,9 @@ if __name__ == '__main__':
     p.add_argument('--dry-run', action='store_true', help='print what would be done and how long it would take')
     p.add_argument('--train-only', action='store_true', help='train the rows that need it, one after the other, '
                    'and stop: score them later')
-    p.add_argument('--threads', type=int, default=0, help="CPU threads of each sampling process (0: torch's "
-                   'default, every core); the tables say what the samplings ran on')
+    p.add_argument('--threads', type=cli.nonnegative_int, default=0,
+                   help="CPU threads of each sampling process (0: torch's default, every core); the tables say "
+                   'what the samplings ran on')
     p.add_argument('--jobs', type=int, default=1, help='trainings run side by side, each on cores / jobs threads '
                    '(2 on a 2-core CPU: about 1.7x faster in all than one at a time; the table\'s training minutes '
                    'then come from runs that shared the machine)')
@@ -603,8 +600,6 @@ if __name__ == '__main__':
     args = p.parse_args()
     if args.n < 2 or args.nfe_n < 2:
         p.error('--n and --nfe-n must be at least 2')
-    if args.threads < 0:
-        p.error(f'--threads must be 0 or more, got {args.threads}')
     if args.jobs < 1:
         p.error(f'--jobs must be at least 1, got {args.jobs}')
     main(args)

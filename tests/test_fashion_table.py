@@ -130,3 +130,17 @@ def test_jobs_train_rows_side_by_side_on_a_share_of_the_cores(tmp_path, monkeypa
     _, two = ft.estimate(tmp_path, ['kld_d_k1', 'kld_d_nz0'], n=100, seeds=seeds, jobs=2)
     sampling = 100 * (1 + 4) * ft.SAMPLE_SECONDS_PER_NFE
     assert two - sampling == pytest.approx((one - sampling) * ft.SIDE_BY_SIDE / 2)
+
+
+def test_image_lines_draws_one_labelled_line_per_entry(tmp_path):
+    """The figure helper of samples.png and nfe_samples.png: nothing for no lines; with lines, a PNG
+    whose height grows with their number (one row of images each)."""
+    from PIL import Image
+    import torch
+    ft.image_lines(tmp_path / 'none.png', [])
+    assert not (tmp_path / 'none.png').exists()
+    images = torch.zeros(16, 1, 32, 32, dtype=torch.uint8)
+    ft.image_lines(tmp_path / 'one.png', [('a', images)])
+    ft.image_lines(tmp_path / 'three.png', [('a', images), ('b', images), ('c', images)])
+    heights = [Image.open(tmp_path / f'{name}.png').size[1] for name in ('one', 'three')]
+    assert heights[1] > 2 * heights[0]

@@ -92,6 +92,9 @@ def test_the_nfe_table_finds_the_fewest_ddim_steps_that_reach_rgm(tmp_path):
     # +10 everywhere: never reached; the best is the ancestral sampler's 12.0 at 1000
     assert answers['ddpm_4x']['reached'] is None and answers['ddpm_4x']['best_fd'] == pytest.approx(12.0)
     assert answers['ddpm_4x']['best_nfe'] == 1000
+    # ... and the DDIM line names DDIM's own best: 12.5 at 100 steps
+    assert answers['ddpm_4x']['best_ddim_fd'] == pytest.approx(12.5) and answers['ddpm_4x']['best_ddim_nfe'] == 100
+    assert 'its best is FD 12.50 at 100 steps.' in (tmp_path / 'nfe_table.md').read_text()
     assert (tmp_path / 'nfe.png').is_file() and 'not reach' in (tmp_path / 'nfe_table.md').read_text()
     assert (tmp_path / 'nfe_samples.png').is_file()
     # the ancestral sampler against RGM: FD 2.0 reaches 5.0 at 250x the NFE and 2500 / 10 ms the time

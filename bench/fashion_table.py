@@ -372,7 +372,8 @@ def write_nfe_table(root, points, n, minutes, floor=None):
             ] if floor else []
     for (row, sampler), r in sorted(points.items(), key=lambda kv: (list(MODEL_ROWS).index(kv[0][0]), kv[1]['nfe'])):
         label = ROWS[row] if row in RGM_POINTS else f"{ROWS[row]}: {'DDPM ancestral' if sampler == 1000 else 'DDIM'}"
-        rows.append(dict(summarise(row, [r], minutes.get(row)), label=label, sampler=sampler))
+        rows.append(dict(summarise(row, [r], minutes.get(row)), label=label, sampler=sampler,
+                         threads=r.get('threads')))
     lines = [HEADER, '|---' * HEADER.count(' | ') + '|---|'] + [table_line(r) for r in rows]
     target = next((r for r in rows if r['row'] == 'kld_d'), None)
     answers = []
@@ -380,7 +381,7 @@ def write_nfe_table(root, points, n, minutes, floor=None):
         curve = [r for r in rows if r['row'] == ddpm and r['sampler'] != 1000]
         if not curve or target is None:
             continue
-        best = min(curve + [r for r in rows if r['row'] == ddpm], key=lambda r: r['fd'])   # any sampler
+        best = min((r for r in rows if r['row'] == ddpm), key=lambda r: r['fd'])   # any sampler
         best_ddim = min(curve, key=lambda r: r['fd'])
         reached = next((r for r in curve if r['fd'] <= target['fd']), None)
         # the metrics that may disagree with the FD: the fewest DDIM steps at which the DDPM's recall reaches
@@ -396,21 +397,18 @@ def write_nfe_table(root, points, n, minutes, floor=None):
                          f"{', '.join(str(r['nfe']) for r in curve)} steps; its best is FD {best_ddim['fd']:.2f} at "
                          f"{best_ddim['nfe']} steps.")
         else:
-            nfe_ratio, time_ratio = reached['nfe'] / target['nfe'], reached['ms_per_image'] / target['ms_per_image']
-            answer.update(fd=reached['fd'], nfe_ratio=nfe_ratio, time_ratio=time_ratio)
+            time_ratio, timing = time_against(reached, target)
+            answer.update(fd=reached['fd'], nfe_ratio=reached['nfe'] / target['nfe'], time_ratio=time_ratio)
             lines.append(f"\n{ROWS[ddpm]}: DDIM first reaches RGM-KLD-D's FD {target['fd']:.2f} (NFE 4) at "
-                         f"{reached['nfe']} steps (FD {reached['fd']:.2f}): {nfe_ratio:.1f}x the NFE; 10,000 images "
-                         f"take {reached['ms_per_image'] * 10:.0f} s against {target['ms_per_image'] * 10:.0f} s "
-                         f"({time_ratio:.1f}x).")
+                         f"{reached['nfe']} steps (FD {reached['fd']:.2f}): {answer['nfe_ratio']:.1f}x the NFE; "
+                         f"{timing}.")
         ancestral = next((r for r in rows if r['row'] == ddpm and r['sampler'] == 1000), None)
         if ancestral is not None:       # the sampler the DDPM was trained for, at its full cost
-            time_ratio = ancestral['ms_per_image'] / target['ms_per_image']
+            time_ratio, timing = time_against(ancestral, target)
             answer.update(ancestral_fd=ancestral['fd'], ancestral_time_ratio=time_ratio)
             verb = 'reaches' if ancestral['fd'] <= target['fd'] else 'does not reach'
             lines.append(f"Ancestral sampling over all 1000 levels {verb} it (FD {ancestral['fd']:.2f}, "
-                         f"{ancestral['nfe'] / target['nfe']:.0f}x the NFE); 10,000 images take "
-                         f"{ancestral['ms_per_image'] * 10:.0f} s against {target['ms_per_image'] * 10:.0f} s "
-                         f"({time_ratio:.0f}x).")
+                         f"{ancestral['nfe'] / target['nfe']:.0f}x the NFE); {timing}.")
         if target['recall'] is not None and best_precision is not None:
             lines.append(f"By recall it {'reaches' if recall_at else 'does not reach'} RGM-KLD-D's "
                          f"{target['recall']:.3f}{f' from {recall_at} steps' if recall_at else ''}; its best precision "
@@ -424,6 +422,18 @@ def write_nfe_table(root, points, n, minutes, floor=None):
     print('\n'.join(lines))
     nfe_figure(root / 'nfe.png', rows, n)
     nfe_samples(root, points, n)
+
+
+def time_against(point, target):
+    """(time ratio, sentence) of sampling 10,000 images at `point` against `target`. A ratio only between
+    points sampled on the same number of threads (as sample.py recorded them): otherwise None, and the
+    sentence says why."""
+    if point.get('threads') != target.get('threads'):
+        return None, (f"no time ratio: sampled on {point.get('threads')} and {target.get('threads')} threads, "
+                      f"re-sample both with the same --threads")
+    ratio = point['ms_per_image'] / target['ms_per_image']
+    return ratio, (f"10,000 images take {point['ms_per_image'] * 10:.0f} s against {target['ms_per_image'] * 10:.0f} s "
+                   f"({ratio:.1f}x)")
 
 
 NFE_GRID_SAMPLERS = (10, 100, 1000)    # the diffusion rows' lines in nfe_samples.png

@@ -104,6 +104,14 @@ def test_the_nfe_table_finds_the_fewest_ddim_steps_that_reach_rgm(tmp_path):
     assert text.rstrip().endswith('1 CPU thread(s) per sampling process.')     # as sample.py recorded them
 
 
+def test_a_time_ratio_only_between_points_sampled_on_the_same_threads():
+    rgm, ddim = dict(ms_per_image=16.0, threads=2), dict(ms_per_image=120.0, threads=2)
+    ratio, sentence = ft.time_against(ddim, rgm)
+    assert ratio == pytest.approx(7.5) and '1200 s against 160 s (7.5x)' in sentence
+    ratio, sentence = ft.time_against(dict(ddim, threads=1), rgm)      # 1 thread against 2: not comparable
+    assert ratio is None and 'sampled on 1 and 2 threads' in sentence
+
+
 def test_every_metric_is_averaged_over_the_seeds_with_its_spread():
     runs = [scored(fd, 4, 4.0, kid) for fd, kid in ((10.0, 0.02), (12.0, 0.01), (17.0, 0.03))]
     row = ft.summarise('kld_d', runs, minutes=41.0)

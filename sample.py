@@ -38,14 +38,18 @@ def chunk_generator(seed, chunk, device='cpu'):
 
 
 @torch.no_grad()
-def draw(G, schedule, meta, shape, generator=None, noise_scale=0.999, steps=None, trajectory=False):
+def draw(G, schedule, meta, shape, generator=None, noise_scale=0.999, steps=None, trajectory=False, clip_x0=True):
     """Samples (B, C, H, W) in [-1, 1] of any checkpoint (or [x_K, ..., x_0]): Algorithm 3 for RGM and
-    MMSE models; for a DDPM, ancestral sampling over all its levels, or DDIM over `steps` of them."""
+    MMSE models; for a DDPM, ancestral sampling over all its levels, or DDIM over `steps` of them.
+
+    A DDPM's predicted x0 is clamped to the image range [-1, 1] at every step (`clip_x0`), as its
+    authors sample it: Ho et al.'s released sampler clips by default (clip_denoised=True), and so do
+    common DDPM / DDIM implementations (clip_sample=True). A baseline sampled without it is weaker than
+    its authors' own, which would flatter RGM in a comparison. RGM and MMSE models are not touched."""
     device = next(G.parameters()).device
     if meta.get('prior') == 'ddpm':
-        if steps:
-            return sample_ddim(G, schedule, shape, steps, device=device, generator=generator, trajectory=trajectory)
-        return sample_ddpm(G, schedule, shape, device=device, generator=generator, trajectory=trajectory)
+        kw = dict(device=device, generator=generator, trajectory=trajectory, clip_x0=clip_x0)
+        return sample_ddim(G, schedule, shape, steps, **kw) if steps else sample_ddpm(G, schedule, shape, **kw)
     return sample_rgm(G, schedule, shape, meta['nz'], device=device, posterior=meta['posterior'],
                       noise_scale=noise_scale, generator=generator, trajectory=trajectory)
 
@@ -68,7 +72,7 @@ def check_steps(meta, steps, K):
 
 @torch.no_grad()
 def generate(G, schedule, meta, n, batch_size=64, seed=0, noise_scale=0.999, rank=0, world_size=1, progress=False,
-             steps=None):
+             steps=None, clip_x0=True):
     """n samples as uint8 (n, C, H, W) on rank 0 (None on the others). Chunk c holds samples
     c*batch_size ... and is drawn by process c % world_size; rank 0 gathers them in order."""
     device = next(G.parameters()).device
@@ -82,7 +86,7 @@ def generate(G, schedule, meta, n, batch_size=64, seed=0, noise_scale=0.999, ran
             x = torch.zeros(batch_size, *shape, dtype=torch.uint8, device=device)
             if size(c):
                 x0 = draw(G, schedule, meta, (size(c), *shape), chunk_generator(seed, c, device), noise_scale,
-                          steps)                                                 # (B, C, H, W) in [-1, 1]
+                          steps, clip_x0=clip_x0)                                # (B, C, H, W) in [-1, 1]
                 x[:size(c)] = models.to_uint8(x0)
             parts = [x]
             if world_size > 1:
@@ -122,11 +126,11 @@ def thin(xs, n=11):
 
 
 @torch.no_grad()
-def trajectory_figure(G, schedule, meta, path, n=8, generator=None, noise_scale=0.999, steps=None):
+def trajectory_figure(G, schedule, meta, path, n=8, generator=None, noise_scale=0.999, steps=None, clip_x0=True):
     """One row per sample: x_K, ..., x_0 of Algorithm 3 (a DDPM's: 11 evenly spaced states of its
     sampler). Returns the list [x_K, ..., x_0]."""
     shape = (n, meta['channels'], meta['image_size'], meta['image_size'])
-    xs = draw(G, schedule, meta, shape, generator, noise_scale, steps, trajectory=True)
+    xs = draw(G, schedule, meta, shape, generator, noise_scale, steps, trajectory=True, clip_x0=clip_x0)
     xs = thin(xs)
     save_grid(models.to_uint8(torch.stack(xs, 1).flatten(0, 1)).cpu(), path, nrow=len(xs))   # (n (K+1), C, H, W)
     return xs
@@ -197,6 +201,7 @@ def main(args):
                             batch_size=min(args.batch_size, 250), device=device)  # Inception runs at 299 px
     summary = dict(ckpt=str(args.ckpt), ema=not args.no_ema, schedule=meta['schedule'], nfe=nfe(meta, schedule, args.steps),
                    posterior=meta['posterior'], noise_scale=args.noise_scale, seed=args.seed, n=args.n, steps=args.steps,
+                   clip_x0=meta.get('prior') == 'ddpm' and not args.no_clip_x0,     # a DDPM's x0_hat clamped
                    batch_size=args.batch_size, world_size=world_size, device=str(device),
                    threads=torch.get_num_threads())     # CPU threads per process: the speed depends on them
     if master:
@@ -212,7 +217,7 @@ def main(args):
               f'on {world_size} process(es), {device}')
     tic = time.perf_counter()
     images = generate(G, schedule, meta, args.n, args.batch_size, args.seed, args.noise_scale, rank, world_size,
-                      progress=master, steps=args.steps)
+                      progress=master, steps=args.steps, clip_x0=not args.no_clip_x0)
     if device.type == 'cuda':
         torch.cuda.synchronize()
     summary.update(sampling_seconds=time.perf_counter() - tic)
@@ -243,7 +248,7 @@ def write_outputs(G, schedule, meta, images, args, out, device):
     if args.figures:
         gen = chunk_generator(args.seed, 0, device)
         xs = trajectory_figure(G, schedule, meta, out / 'trajectory.png', n=8, generator=gen,
-                               noise_scale=args.noise_scale, steps=args.steps)
+                               noise_scale=args.noise_scale, steps=args.steps, clip_x0=not args.no_clip_x0)
         print(f"wrote {out / 'trajectory.png'}")
         if meta['nz'] > 0:          # an MMSE model has no z
             spread = z_figure(G, schedule, meta, xs[-1][:1], out / 'z_role.png', n_z=4, generator=gen)
@@ -276,7 +281,7 @@ def write_versus(G, schedule, meta, args, device, out, n=64):
     for name, (net, sched, m) in zip(names, [(G, schedule, meta), (G2, schedule2, meta2)]):
         shape = (n, m['channels'], m['image_size'], m['image_size'])
         xs = draw(net, sched, m, shape, chunk_generator(args.seed, 0, device), args.noise_scale,
-                  args.steps if m.get('prior') == 'ddpm' else None, trajectory=True)
+                  args.steps if m.get('prior') == 'ddpm' else None, trajectory=True, clip_x0=not args.no_clip_x0)
         xs = thin(xs)
         columns[name] = models.to_uint8(xs[-1]).cpu()
         trajectories[name] = [x[0] for x in xs]
@@ -302,6 +307,8 @@ def build_parser():
     p.add_argument('--seed', type=cli.seed, default=0)
     p.add_argument('--steps', type=cli.positive_int, help="DDPM checkpoints: DDIM (eta 0) over this many evenly spaced "
                    "levels (default: ancestral sampling over all of them); RGM models sample their trained K levels")
+    p.add_argument('--no-clip-x0', action='store_true', help="DDPM checkpoints: do not clamp the predicted x0 to "
+                   "[-1, 1] at each step (clamped by default, as Ho et al.'s sampler does)")
     p.add_argument('--noise-scale', type=cli.nonnegative_float, default=0.999, help='scale of the fresh forward noise (authors 0.999; posterior-trained models draw from q(x_k | x_{k+1}, x0_hat) unscaled)')
     p.add_argument('--device', default=cli.DEFAULT_DEVICE)
     p.add_argument('--threads', type=cli.nonnegative_int, default=0,

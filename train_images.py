@@ -806,7 +806,7 @@ def report(step, args, monitor, nets, setup, run, meta, config, steps_per_epoch,
         generator = torch.Generator(device).manual_seed(args.seed)
         if args.prior == 'ddpm':        # the training grids of the DDPM: DDIM with 50 steps
             grid = sample_ddim(nets.G_ema, setup.schedule, shape, min(50, setup.schedule.K), device=device,
-                               generator=generator)
+                               generator=generator, clip_x0=True)      # as sample.py draws it
         else:
             grid = sample_rgm(nets.G_ema, setup.schedule, shape, setup.nz, device=device, posterior=args.posterior,
                               generator=generator)

@@ -51,6 +51,19 @@ def tail(text, n=25):
     return '\n'.join(text.splitlines()[-n:])
 
 
+def first_traceback(text, n=25):
+    """The first Python traceback in a child's output (a torchrun worker's own error, above the
+    launcher's summary), or the tail when there is none."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if 'Traceback' in line), None)
+    return tail(text, n) if start is None else '\n'.join(lines[start:start + n])
+
+
+def last_json(text):
+    """The last line of a child's output that is a JSON object: compilers may print after it."""
+    return json.loads(next(line for line in reversed(text.splitlines()) if line.startswith('{')))
+
+
 def section_tests(args):
     code, out = run([sys.executable, '-m', 'pytest', '-q', '-m', 'device', 'tests/test_devices.py'], 300)
     print(f'exit {code}\n```\n{tail(out, 15)}\n```')
@@ -73,15 +86,15 @@ def section_train_step(args):
     print('|---|---|---|---|---|---|---|')
     for batch in batches:
         for precision, variant in variants:
-            if args.quick and variant == 'compile':
-                continue                                # compiling takes minutes on a CPU
+            if (args.quick or args.no_compile) and variant == 'compile':
+                continue                                # compiling takes minutes
             job = dict(preset=preset, device=args.device, amp=precision == 'bf16', variant=variant, batch=batch,
                        warmup=2 if args.quick else 5, steps=steps, threads=0)
             code, out = run([sys.executable, 'bench/train_step.py', '--one', json.dumps(job)], 400)
             if code:
                 print(f'| {batch} | {precision} | {variant} | failed: {tail(out, 1)[:100]} ||||')
                 continue
-            r = json.loads(out.splitlines()[-1])
+            r = last_json(out)
             gpu_hours = 200_000 * (256 / batch) * r['ms'] / 3.6e6       # 256/batch GPUs' worth of steps
             print(f'| {batch} | {precision} | {variant} | {r["ms"]:.1f} | {r["images_per_s"]:.0f} | '
                   f'{r["peak_GB"]:.2f} | {gpu_hours:.0f} |', flush=True)
@@ -103,7 +116,7 @@ def section_torchrun(args):
         print(f'{n} process(es), {"NCCL" if args.device == "cuda" else "gloo"}: {steps} steps of {preset} on fake '
               f'data, checkpoint every {steps // 2}: exit {code} in {first:.0f} s')
         if code:
-            print(f'```\n{tail(text)}\n```')
+            print(f'```\n{first_traceback(text)}\n```')
             return
         tic = time.perf_counter()
         code, text = run(base + ['--max-steps', str(steps + steps // 2), '--resume'], 600)
@@ -131,7 +144,7 @@ def section_sampling(args):
         schedule = make_schedule(process, K).to(device)
         for precision in ('fp32', 'bf16'):
             amp = train_images.bf16_autocast(device, precision == 'bf16')
-            modes = ['eager'] + ([] if args.quick else ['compile']) + (['cuda graph'] if device.type == 'cuda' else [])
+            modes = ['eager'] + ([] if args.quick or args.no_compile else ['compile']) + (['cuda graph'] if device.type == 'cuda' else [])
             for mode in modes:
                 try:
                     fn = sampler(G, schedule, n, size, nz, device, amp, mode)
@@ -217,5 +230,7 @@ if __name__ == '__main__':
     p.add_argument('--device', default='cuda')
     p.add_argument('--quick', action='store_true', help='tiny sizes and few steps (a rehearsal, e.g. on a CPU)')
     p.add_argument('--reps', type=int, default=10, help='timed repetitions of the latency rows')
+    p.add_argument('--no-compile', action='store_true', help='skip the torch.compile rows (their autotuning takes '
+                   'minutes on a GPU)')
     p.add_argument('--sections', nargs='+', help='run only the sections whose title contains one of these words')
     main(p.parse_args())

@@ -309,7 +309,10 @@ def test_a_ddpm_run_samples_with_ddim_steps_and_rgm_refuses_steps(tmp_path):
     sample.main(sample.build_parser().parse_args(['--ckpt', ckpt, '--n', '2', '--steps', '3', '--out',
                                                   str(tmp_path / 's')]))
     summary = json.loads((tmp_path / 's' / 'metrics.json').read_text())
-    assert summary['nfe'] == 3 and summary['steps'] == 3
+    assert summary['nfe'] == 3 and summary['steps'] == 3 and summary['clip_x0'] is True
+    sample.main(sample.build_parser().parse_args(['--ckpt', ckpt, '--n', '2', '--steps', '3', '--no-clip-x0',
+                                                  '--out', str(tmp_path / 's2')]))
+    assert json.loads((tmp_path / 's2' / 'metrics.json').read_text())['clip_x0'] is False
     ti.main(ti.parse_args(common + ['--out', str(tmp_path / 'rgm')]))
     rgm = ti.checkpoints(tmp_path / 'rgm' / 'checkpoints')[2]
     with pytest.raises(ValueError, match='fixed by its training: drop --steps'):
@@ -334,3 +337,31 @@ def test_only_the_ddpm_network_can_predict_noise_beyond_one(preset, unbounded):
         G.conv_out.bias.fill_(3.0)
         out = G(torch.randn(2, 1, 32, 32), torch.tensor([0, 999]), None if setup_kwargs['nz'] == 0 else torch.randn(2, 32))
     torch.testing.assert_close(out, torch.full_like(out, 3.0 if unbounded else math.tanh(3.0)))
+
+
+def test_sample_py_clamps_a_ddpm_x0_by_default_and_not_rgm():
+    """sample.draw clamps a DDPM's predicted x0 as its authors sample it; clip_x0=False is the exact chain.
+    With a network predicting zero noise, x0_hat = x_t / abar_t is far outside [-1, 1]: the clamped chain
+    is the library sampler with clip_x0=True, the unclamped one leaves the range. An RGM model's
+    sampling does not depend on the flag."""
+    import sample
+    s = make_schedule('d', K=100)
+    zero = torch.nn.Conv2d(1, 1, 1)
+    torch.nn.init.zeros_(zero.weight), torch.nn.init.zeros_(zero.bias)
+    eps_net = lambda x, k, z: zero(x)                        # noqa: E731
+    eps_net.parameters = zero.parameters
+    meta, shape, gen = dict(prior='ddpm'), (64, 1, 4, 4), lambda: torch.Generator().manual_seed(0)
+    for steps, library in ((10, lambda **kw: sample_ddim(eps_net, s, shape, 10, generator=gen(), **kw)),
+                           (None, lambda **kw: sample_ddpm(eps_net, s, shape, generator=gen(), **kw))):
+        default = sample.draw(eps_net, s, meta, shape, gen(), steps=steps)
+        torch.testing.assert_close(default, library(clip_x0=True))
+        assert default.abs().max() <= 1 + 1e-4
+        plain = sample.draw(eps_net, s, meta, shape, gen(), steps=steps, clip_x0=False)
+        torch.testing.assert_close(plain, library())
+        assert plain.abs().max() > 10
+    rgm = dict(prior='kld', nz=0, posterior=False)
+    torch.testing.assert_close(sample.draw(eps_net, s, rgm, shape, gen()),
+                               sample.draw(eps_net, s, rgm, shape, gen(), clip_x0=False))
+    args = sample.build_parser().parse_args(['--ckpt', 'x.pt'])
+    assert args.no_clip_x0 is False
+    assert sample.build_parser().parse_args(['--ckpt', 'x.pt', '--no-clip-x0']).no_clip_x0

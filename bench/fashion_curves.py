@@ -1,0 +1,313 @@
+"""Learning curves on Fashion-MNIST: does RGM get better with training, and from which budget does each
+of the paper's claims hold? The rows of bench/fashion_table.py trained 4x longer (16,000 steps of
+batch 32, 512,000 images, about 8.5 epochs), every snapshot scored at one n:
+
+    python bench/fashion_curves.py --root ~/rgm-runs/curves --dry-run     # what is left, how long
+    python bench/fashion_curves.py --root ~/rgm-runs/curves --jobs 2      # train, score, write (hours)
+    python bench/fashion_curves.py --root ~/rgm-runs/curves --score-only  # score the snapshots there now
+
+Each row trains in --root/<row> with the preset's settings (constant learning rate, so its snapshot at
+4,000 steps is the 2-epoch model of fashion_table) and keeps every checkpoint; a row cut short resumes
+from its latest checkpoint, so a ladder can span several sittings. Every snapshot at a step of RUNGS
+is sampled with sample.py (n images, seed 0: the same start noise for every snapshot of a row) and
+scored with the Fashion-MNIST classifier against the test set: FD, KID, precision / recall, class
+shares. The DDPM row's snapshots are sampled with DDIM at DDPM_STEPS and, at --ancestral-n images
+(1000 network evaluations an image), ancestrally; its predicted x0 is clamped to [-1, 1] as its
+authors sample it (sample.py's default). At the end --root holds curves.json (every point), curves.md
+(the table at 1x / 2x / 4x the 2-epoch budget, the claims) and curves.png (FD, KID, precision and
+recall against images seen).
+"""
+import argparse
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import cli  # noqa: E402
+import metrics  # noqa: E402
+import train_images  # noqa: E402
+
+RUNGS = (1000, 2000, 4000, 8000, 16000)     # snapshots scored: steps of batch 32
+BASE = 4000                                 # the 2-epoch budget of fashion_table: 1x
+# row: (label, preset, flags, steps). The first rows are the curves; the lambda rows (Figure 6 in small)
+# stop at the base budget; kld_d_lrd asks whether a discriminator slower than G (the authors' ratio)
+# helps coverage.
+ROWS = {
+    'kld_d':         ('RGM-KLD-D, K = 4', 'fashion_kld_d', [], 16000),
+    'kld_d_k1':      ('RGM-KLD-D, K = 1 (one step)', 'fashion_kld_d', ['--K', '1'], 16000),
+    'kld_sr':        ('RGM-KLD-SR, K = 7', 'fashion_kld_sr', [], 16000),
+    'kld_d_lam0':    ('RGM-KLD-D, lambda = 0 (no fidelity)', 'fashion_kld_d', ['--lam', '0'], 16000),
+    'mmse_d':        ('MMSE, K = 4 (same network without z)', 'fashion_mmse_d', [], 16000),
+    'ddpm_4x':       ('DDPM, same network', 'fashion_ddpm', [], 16000),
+    'kld_d_lam3e-3': ('RGM-KLD-D, lambda = 3e-3', 'fashion_kld_d', ['--lam', '3e-3'], 4000),
+    'kld_d_lam1e-2': ('RGM-KLD-D, lambda = 1e-2', 'fashion_kld_d', ['--lam', '1e-2'], 4000),
+    'kld_d_lrd':     ('RGM-KLD-D, lr G 2e-4, D 1.25e-4', 'fashion_kld_d', ['--lr-G', '2e-4', '--lr-D', '1.25e-4'], 16000),
+}
+DDPM = 'ddpm_4x'
+DDPM_STEPS = (4, 10, 25)        # DDIM steps of the DDPM snapshots, at n; 1000 = ancestral, at --ancestral-n
+DDPM_RUNGS = (4000, 16000)      # the DDPM at the RGM rows' base budget and at 4x
+# (claim, better row, worse row): each compared at every budget both rows have
+CLAIMS = (('K = 4 steps beat K = 1 (Table 3)', 'kld_d', 'kld_d_k1'),
+          ('the SR process beats noising (Table 1)', 'kld_sr', 'kld_d'),
+          ('the fidelity term helps (Table 3)', 'kld_d', 'kld_d_lam0'),
+          ('MAP (RGM) beats MMSE at K = 4', 'kld_d', 'mmse_d'))
+METRICS = (('fd', 'FD', -1), ('kid_mean', 'KID', -1), ('precision', 'precision', 1), ('recall', 'recall', 1))
+SECONDS_PER_STEP = 0.6          # estimate until a log in --root says better (one step, 2-core VM)
+SECONDS_PER_NFE = 0.004         # one image, one network evaluation, batch 500
+
+
+def train_args(row, data_dir, threads, resume):
+    """train_images.py's command line of a row: the preset, its flags, every checkpoint kept."""
+    _, preset, flags, steps = ROWS[row]
+    return ['--preset', preset, *flags, '--max-steps', str(steps), '--keep-ckpts', '0', '--data-dir', data_dir,
+            *(['--threads', str(threads)] if threads else []), *(['--resume'] if resume else [])]
+
+
+def snapshots(root, row):
+    """{step: checkpoint} of the row's RUNGS that are on disk."""
+    found = train_images.checkpoints(str(root / row / 'checkpoints'))
+    return {step: Path(found[step]) for step in RUNGS if step in found}
+
+
+def steps_done(root, row):
+    return max(train_images.checkpoints(str(root / row / 'checkpoints')) or [0])
+
+
+def logged_rates(root, row):
+    """Images per second of every log record of the row's run (none before it starts)."""
+    log = root / row / 'log.jsonl'
+    return [r['img_per_s'] for r in map(json.loads, log.read_text().splitlines()) if 'img_per_s' in r] \
+        if log.is_file() else []
+
+
+def seconds_per_step(root, row):
+    """Seconds a step, from the median logged rate of the row, else of every row in --root (the same
+    machine and the same side-by-side setting), else SECONDS_PER_STEP."""
+    rates = logged_rates(root, row) or [r for other in ROWS for r in logged_rates(root, other)]
+    return 32 / sorted(rates)[len(rates) // 2] if rates else SECONDS_PER_STEP
+
+
+def samplings(row, step, n, ancestral_n):
+    """(n, DDIM steps or None, NFE) of every sampling of one snapshot: the RGM chain itself, or the DDPM's
+    samplers (ancestral = 1000 levels, at ancestral_n images) at DDPM_RUNGS."""
+    if row != DDPM:
+        K = train_images.parse_args(train_args(row, 'data', 0, False)).K
+        return [(n, None, K)]
+    if step not in DDPM_RUNGS:
+        return []
+    return [(n, s, s) for s in DDPM_STEPS] + ([(ancestral_n, 1000, 1000)] if ancestral_n else [])
+
+
+def eval_dir(root, row, step, n, steps):
+    tail = '' if steps is None else ('_ancestral' if steps == 1000 else f'_ddim{steps}')
+    return root / row / f'eval_step{step:05d}_n{n}_seed0{tail}'
+
+
+def scored(root, row, step, n, steps):
+    """The snapshot's metrics.json if it was scored from this very checkpoint (path and the checkpoint
+    older than the scores), else None."""
+    path, ckpt = eval_dir(root, row, step, n, steps) / 'metrics.json', snapshots(root, row).get(step)
+    if not path.is_file() or ckpt is None:
+        return None
+    r = json.loads(path.read_text())
+    return r if Path(r['ckpt']) == ckpt and ckpt.stat().st_mtime <= path.stat().st_mtime else None
+
+
+def todo(root, n, ancestral_n):
+    """(row, step, n, steps, NFE) of every snapshot on disk not scored yet."""
+    return [(row, step, m, s, nfe) for row in ROWS for step in snapshots(root, row)
+            for m, s, nfe in samplings(row, step, n, ancestral_n) if scored(root, row, step, m, s) is None]
+
+
+def plan(root, n, ancestral_n, jobs):
+    """(lines, seconds) of what is left: the trainings (side by side, `jobs` at a time), then the scorings
+    of every rung, those already on disk and those the trainings will write."""
+    lines, train_s, score_s = [], [], 0.0
+    for row, (label, _, _, steps) in ROWS.items():
+        done = steps_done(root, row)
+        left = (steps - done) * seconds_per_step(root, row)
+        train_s.append(left)
+        points = [(step, m, s, nfe) for step in RUNGS if step <= steps for m, s, nfe in samplings(row, step, n, ancestral_n)
+                  if scored(root, row, step, m, s) is None]
+        score_s += sum(m * nfe * SECONDS_PER_NFE for _, m, _, nfe in points)
+        lines.append(f'{row:14s} step {done:5d} of {steps}: train {left / 60:4.0f} min, '
+                     f'{len(points)} sampling(s) left')
+    lanes = min(jobs, os.cpu_count() or 1)      # more trainings than cores run no faster in all
+    wall = sum(train_s) / lanes
+    lines.append(f'training {sum(train_s) / 60:.0f} min of steps at the logged rates, about {wall / 60:.0f} min '
+                 f'{lanes} at a time; scoring about {score_s / 60:.0f} min')
+    return lines, wall + score_s
+
+
+def run(cmd, log):
+    """One process of the ladder, its output appended to `log`; a failure stops the ladder."""
+    print('  $ ' + ' '.join(cmd), flush=True)
+    with open(log, 'a') as f:
+        code = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if code:
+        raise SystemExit(f'error: failed (exit {code}); the last lines of {log}:\n' + ''.join(open(log).readlines()[-15:]))
+
+
+def train(root, rows, data_dir, jobs):
+    """Train the rows that are short of their steps, `jobs` at a time on cores // jobs threads each (on a
+    small CPU two one-thread trainings do more in all than one on two threads)."""
+    left = [row for row in rows if steps_done(root, row) < ROWS[row][3]]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+
+    def one(row):
+        resume = steps_done(root, row) > 0
+        run([sys.executable, 'train_images.py', *train_args(row, data_dir, threads, resume), '--out', str(root / row)],
+            root / f'{row}.train.log')
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        for future in [pool.submit(one, row) for row in left]:
+            future.result()
+
+
+def score(root, points, data_dir, classifier, threads):
+    """sample.py on each (row, step, n, steps, NFE) point: samples.npz and metrics.json in its eval_dir."""
+    for row, step, n, steps, _ in points:
+        out = eval_dir(root, row, step, n, steps)
+        run([sys.executable, 'sample.py', '--ckpt', str(snapshots(root, row)[step]), '--n', str(n), '--batch-size',
+             '500', '--seed', '0', '--data-dir', data_dir, '--classifier', classifier, '--format', 'npz',
+             *(['--steps', str(steps)] if steps else []), '--threads', str(threads), '--out', str(out), '--overwrite'],
+            root / f'{row}.sample.log')
+
+
+def collect(root, n, ancestral_n):
+    """Every scored point: dicts of row, label, step, images seen, sampler, NFE and the scores."""
+    points = []
+    for row, (label, *_) in ROWS.items():
+        for step in snapshots(root, row):
+            for m, steps, nfe in samplings(row, step, n, ancestral_n):
+                r = scored(root, row, step, m, steps)
+                if r is None:
+                    continue
+                shares = r['class_shares']
+                points.append(dict(row=row, label=label, step=step, images=32 * step, n=m, nfe=nfe,
+                                   sampler=None if steps is None else 'ancestral' if steps == 1000 else f'DDIM {steps}',
+                                   fd=r['fd'], kid_mean=r['kid_mean'], precision=r['precision'], recall=r['recall'],
+                                   min_share=min(shares.values()), rarest=min(shares, key=shares.get),
+                                   ms_per_image=1e3 * r['sampling_seconds'] / r['n'], threads=r.get('threads'),
+                                   clip_x0=r.get('clip_x0', False)))
+    return points
+
+
+def find(points, row, step, sampler=None):
+    return next((p for p in points if p['row'] == row and p['step'] == step and p['sampler'] == sampler), None)
+
+
+def claim_lines(points):
+    """One line per claim: at which budgets (1x, 2x, 4x of BASE; the rungs both rows have) the better
+    row wins on each metric."""
+    lines = []
+    for claim, a, b in CLAIMS:
+        steps = [s for s in RUNGS if find(points, a, s) and find(points, b, s)]
+        if not steps:
+            lines.append(f'- {claim}: not scored yet.')
+            continue
+        parts = []
+        for key, name, sign in METRICS:
+            wins = [s for s in steps if sign * (find(points, a, s)[key] - find(points, b, s)[key]) > 0]
+            where = ', '.join(budget(s) for s in wins) if wins else 'nowhere'
+            parts.append(f'{name} {where}')
+        lines.append(f"- {claim}: holds by {'; '.join(parts)} (of {', '.join(budget(s) for s in steps)}).")
+    return lines
+
+
+def budget(step):
+    """A step count as a multiple of the 2-epoch budget: 0.25x ... 4x."""
+    return f'{step / BASE:g}x'
+
+
+def write(root, points, n, ancestral_n):
+    """curves.json, curves.md and curves.png in --root."""
+    (root / 'curves.json').write_text(json.dumps(dict(n=n, ancestral_n=ancestral_n, base_steps=BASE, batch=32,
+                                                      points=points), indent=2) + '\n')
+    header = '| model | budget (images) | sampler, NFE | FD | KID | precision | recall | rarest class |'
+    lines = [header, '|---' * 8 + '|']
+    for step in (BASE, 2 * BASE, 4 * BASE):
+        for p in (p for p in points if p['step'] == step):
+            own_n = '' if p['n'] == n else f" (n = {p['n']})"
+            lines.append(f"| {p['label']} | {budget(step)} ({p['images']:,}) | {p['sampler'] or 'chain'}, {p['nfe']}"
+                         f"{own_n} | {p['fd']:.2f} | {p['kid_mean']:.3f} | "
+                         f"{p['precision']:.3f} | {p['recall']:.3f} | {p['rarest']} {100 * p['min_share']:.1f}% |")
+    lines += ['', f'n = {n} samples per point (seed 0) against the 10,000 test images; the DDPM\'s predicted x0 '
+              'clamped to [-1, 1] at each step.', '', 'Claims, by budget and metric:', *claim_lines(points)]
+    (root / 'curves.md').write_text('\n'.join(lines) + '\n')
+    print('\n'.join(lines))
+    figure(root / 'curves.png', points, n)
+
+
+def figure(path, points, n):
+    """FD, KID, precision and recall against images seen (log scale): a line per curve row (its chain, or
+    the DDPM's DDIM at each step count), the short rows as points."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    curves = sorted({(p['row'], p['sampler']) for p in points if p['n'] == n},
+                    key=lambda c: (list(ROWS).index(c[0]), str(c[1])))
+    for ax, (key, name, sign) in zip(axes.flat, METRICS):
+        for row, sampler in curves:
+            line = sorted((p for p in points if (p['row'], p['sampler']) == (row, sampler) and p['n'] == n),
+                          key=lambda p: p['step'])
+            label = ROWS[row][0] + (f', {sampler}' if sampler else '')
+            style = 's--' if sampler else ('o-' if ROWS[row][3] > BASE else 'D')
+            ax.plot([p['images'] for p in line], [p[key] for p in line], style, ms=5, label=label)
+        ax.set(xscale='log', yscale='log' if key == 'fd' else 'linear', xlabel='training images seen',
+               ylabel=f"{name} (n = {n}, {'lower' if sign < 0 else 'higher'} is better)")
+        ax.grid(True, which='both', alpha=0.3)
+    axes[0, 0].legend(fontsize=6.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    print(f'wrote {path}')
+
+
+def main(args):
+    if args.n < 10 or 0 < args.ancestral_n < 10:
+        raise ValueError(f'--n {args.n} / --ancestral-n {args.ancestral_n}: the scores need at least 10 samples')
+    root = Path(args.root).expanduser()
+    rows = args.rows or list(ROWS)
+    lines, seconds = plan(root, args.n, args.ancestral_n, args.jobs)
+    print(f'learning curves in {root}, n = {args.n}; about {seconds / 3600:.1f} hours left on a 2-core CPU:')
+    print('\n'.join('  ' + line for line in lines))
+    if args.dry_run:
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    if not args.score_only:
+        train(root, rows, args.data_dir, args.jobs)
+    score(root, [p for p in todo(root, args.n, args.ancestral_n) if p[0] in rows], args.data_dir, args.classifier,
+          args.threads)
+    write(root, collect(root, args.n, args.ancestral_n), args.n, args.ancestral_n)
+    print(f'done in {(time.time() - started) / 60:.0f} min')
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--root', default='runs/fashion_curves', help='one run folder per row, and the results; keep it '
+                   'outside a work tree that is laid anew (e.g. ~/rgm-runs/curves)')
+    p.add_argument('--rows', nargs='+', choices=list(ROWS), help='train and score only these (default: all)')
+    p.add_argument('--n', type=cli.positive_int, default=5000, help='samples scored per snapshot')
+    p.add_argument('--ancestral-n', type=cli.nonnegative_int, default=500,
+                   help="samples of the DDPM's ancestral points (1000 NFE an image; 0: none)")
+    p.add_argument('--jobs', type=cli.positive_int, default=2, help='trainings side by side, each on cores / jobs threads')
+    p.add_argument('--threads', type=cli.nonnegative_int, default=0, help="CPU threads of each sampling (0: torch's)")
+    p.add_argument('--data-dir', default='data', help='Fashion-MNIST files (see data.py)')
+    p.add_argument('--classifier', default=metrics.DEFAULT_CLASSIFIER, help='the classifier file (metrics.py)')
+    p.add_argument('--score-only', action='store_true', help='train nothing: score the snapshots on disk and write')
+    p.add_argument('--dry-run', action='store_true', help='print what is left and how long it would take')
+    return p
+
+
+if __name__ == '__main__':
+    try:
+        main(build_parser().parse_args())
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f'error: {e}')

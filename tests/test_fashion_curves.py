@@ -1,0 +1,119 @@
+"""The learning-curve runner (bench/fashion_curves.py): what it samples at each snapshot, its cache keyed
+on the checkpoint, the claims read from the points, its estimate from the runs' own logs, and one
+snapshot sampled and scored end to end with the shipped generator and classifier (no data set)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
+import fashion_curves as fc  # noqa: E402
+import train_images  # noqa: E402
+
+
+def test_each_row_trains_its_preset_with_every_checkpoint_kept():
+    for row, (_, preset, flags, steps) in fc.ROWS.items():
+        args = train_images.parse_args(fc.train_args(row, 'data', 1, False))
+        plain = train_images.parse_args(['--preset', preset, *flags])
+        assert args.max_steps == steps and args.keep_ckpts == 0 and args.threads == 1 and not args.resume
+        # nothing else differs from the preset: the 4,000-step snapshot is fashion_table's model
+        expected = dict(keep_ckpts=0, threads=1, **({} if plain.max_steps == steps else dict(max_steps=steps)))
+        assert {k: v for k, v in vars(args).items() if getattr(plain, k) != v} == expected
+    assert train_images.parse_args(fc.train_args('kld_d_k1', 'data', 0, True)).K == 1
+    assert train_images.parse_args(fc.train_args('kld_d_lrd', 'data', 0, True)).lr_D == 1.25e-4
+
+
+def test_samplings_of_a_snapshot():
+    assert fc.samplings('kld_d', 1000, 5000, 500) == [(5000, None, 4)]
+    assert fc.samplings('kld_d_k1', 1000, 5000, 500) == [(5000, None, 1)]
+    assert fc.samplings('kld_sr', 1000, 5000, 500) == [(5000, None, 7)]
+    assert fc.samplings(fc.DDPM, 2000, 5000, 500) == []                # between the DDPM's budgets
+    assert fc.samplings(fc.DDPM, 4000, 5000, 500) == [(5000, s, s) for s in fc.DDPM_STEPS] + [(500, 1000, 1000)]
+    assert fc.samplings(fc.DDPM, 16000, 5000, 0) == [(5000, s, s) for s in fc.DDPM_STEPS]
+    assert fc.eval_dir(Path('r'), fc.DDPM, 4000, 500, 1000).name == 'eval_step04000_n500_seed0_ancestral'
+
+
+def ckpt(root, row, step):
+    path = root / row / 'checkpoints' / f'ckpt_{step:08d}.pt'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b'x')
+    return path
+
+
+def test_a_score_counts_only_for_the_checkpoint_it_was_made_from(tmp_path):
+    path = ckpt(tmp_path, 'kld_d', 1000)
+    ckpt(tmp_path, 'kld_d', 1500)                     # not a rung: never scored
+    assert fc.snapshots(tmp_path, 'kld_d') == {1000: path}
+    assert fc.todo(tmp_path, 50, 0) == [('kld_d', 1000, 50, None, 4)]
+    out = fc.eval_dir(tmp_path, 'kld_d', 1000, 50, None)
+    out.mkdir()
+    (out / 'metrics.json').write_text(json.dumps(dict(ckpt=str(path))))
+    os.utime(path, (1, 1))
+    assert fc.scored(tmp_path, 'kld_d', 1000, 50, None) is not None and fc.todo(tmp_path, 50, 0) == []
+    os.utime(path)                                     # the checkpoint was written again after the scores
+    assert fc.scored(tmp_path, 'kld_d', 1000, 50, None) is None
+    (out / 'metrics.json').write_text(json.dumps(dict(ckpt=str(tmp_path / 'other.pt'))))
+    assert fc.scored(tmp_path, 'kld_d', 1000, 50, None) is None
+
+
+def point(row, step, fd, kid, precision, recall, sampler=None):
+    return dict(row=row, label=fc.ROWS[row][0], step=step, images=32 * step, n=100, nfe=4, sampler=sampler, fd=fd,
+                kid_mean=kid, precision=precision, recall=recall, min_share=0.05, rarest='Bag')
+
+
+def test_claims_say_at_which_budgets_each_metric_favours_the_better_row():
+    points = [point('kld_d', 4000, 10, 0.5, 0.6, 0.1), point('kld_d_k1', 4000, 5, 0.1, 0.7, 0.05),
+              point('kld_d', 16000, 4, 0.2, 0.6, 0.2), point('kld_d_k1', 16000, 5, 0.3, 0.65, 0.05),
+              point('kld_d', 8000, 1, 0.1, 0.9, 0.9)]          # K = 1 has no 8,000-step point: not compared
+    lines = fc.claim_lines(points)
+    k = next(line for line in lines if line.startswith('- K = 4'))
+    assert 'FD 4x;' in k and 'KID 4x;' in k and 'precision nowhere;' in k and 'recall 1x, 4x' in k
+    assert '(of 1x, 4x)' in k
+    assert any(line.startswith('- the SR process') and 'not scored yet' in line for line in lines)
+
+
+def test_the_estimate_uses_the_logged_rates_and_no_more_lanes_than_cores(tmp_path, monkeypatch):
+    monkeypatch.setattr(fc.os, 'cpu_count', lambda: 2)
+    ckpt(tmp_path, 'kld_d', 1000)
+    (tmp_path / 'kld_d' / 'log.jsonl').write_text('\n'.join(json.dumps(dict(step=s, img_per_s=r))
+                                                            for s, r in [(50, 8.0), (100, 16.0), (150, 64.0)]) + '\n')
+    lines, seconds = fc.plan(tmp_path, 10, 0, jobs=3)
+    # every row at the median logged rate, 16 images/s at batch 32: 2 s a step; two lanes on two cores
+    steps = sum(steps for *_, steps in fc.ROWS.values()) - 1000
+    sampling = sum(10 * nfe * fc.SECONDS_PER_NFE for row, (_, _, _, last) in fc.ROWS.items()
+                   for step in fc.RUNGS if step <= last for _, _, nfe in fc.samplings(row, step, 10, 0))
+    assert seconds == pytest.approx(steps * 2.0 / 2 + sampling)
+    assert 'step  1000 of 16000' in lines[0] and '2 at a time' in lines[-1]
+
+
+def test_a_snapshot_sampled_scored_and_written(tmp_path):
+    """The shipped RGM-KLD-D stands in for a snapshot at 1,000 steps: score() runs sample.py on it (the
+    classifier's stored test statistics, no data set), collect() reads the point back and write() renders
+    the table, the claims and the figure."""
+    root = tmp_path / 'curves'
+    snap = root / 'kld_d' / 'checkpoints' / 'ckpt_00001000.pt'
+    snap.parent.mkdir(parents=True)
+    shutil.copy(fc.ROOT / 'checkpoints' / 'fashion_kld_d.pt', snap)
+    fc.score(root, fc.todo(root, 20, 0), str(tmp_path / 'no-data'), fc.metrics.DEFAULT_CLASSIFIER, threads=1)
+    points = fc.collect(root, 20, 0)
+    assert len(points) == 1
+    p = points[0]
+    assert (p['row'], p['step'], p['images'], p['nfe'], p['n']) == ('kld_d', 1000, 32_000, 4, 20)
+    r = json.loads((fc.eval_dir(root, 'kld_d', 1000, 20, None) / 'metrics.json').read_text())
+    assert p['fd'] == r['fd'] > 0 and p['recall'] == r['recall'] and r['ckpt'] == str(snap)
+    assert fc.todo(root, 20, 0) == []                  # scored once
+    fc.write(root, points, 20, 0)
+    assert (root / 'curves.png').stat().st_size > 0
+    assert json.loads((root / 'curves.json').read_text())['points'] == points
+    assert '- K = 4 steps beat K = 1 (Table 3): not scored yet.' in (root / 'curves.md').read_text()
+
+
+def test_too_few_samples_are_refused_before_any_work(tmp_path):
+    out = subprocess.run([sys.executable, str(fc.ROOT / 'bench' / 'fashion_curves.py'), '--root', str(tmp_path / 'r'),
+                          '--n', '5'], capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith('error: --n 5')
+    assert not (tmp_path / 'r').exists()

@@ -49,6 +49,10 @@ ROWS = {
     'kld_d_lrd':     ('RGM-KLD-D, lr G 2e-4, D 1.25e-4', 'fashion_kld_d', ['--lr-G', '2e-4', '--lr-D', '1.25e-4'], 16000),
 }
 DDPM = 'ddpm_4x'
+# A second training run of kld_d's preset, the shipped 4,000-step model, scored beside the ladder: its
+# distance from the kld_d row's 4,000-step snapshot is the spread between two training runs (one sample of
+# it), the yardstick of the claims.
+SHIPPED, SHIPPED_LABEL = 'kld_d_shipped', 'RGM-KLD-D, K = 4, the shipped run (a second training)'
 DDPM_STEPS = (4, 10, 25)        # DDIM steps of the DDPM snapshots, at n; 1000 = ancestral, at --ancestral-n
 DDPM_RUNGS = (4000, 16000)      # the DDPM at the RGM rows' base budget and at 4x
 # (claim, better row, worse row): each compared at every budget both rows have
@@ -69,7 +73,10 @@ def train_args(row, data_dir, threads, resume):
 
 
 def snapshots(root, row):
-    """{step: checkpoint} of the row's RUNGS that are on disk."""
+    """{step: checkpoint} of the row's RUNGS that are on disk (SHIPPED: checkpoints/fashion_kld_d.pt at BASE)."""
+    if row == SHIPPED:
+        path = ROOT / 'checkpoints' / 'fashion_kld_d.pt'
+        return {BASE: path} if path.is_file() else {}
     found = train_images.checkpoints(str(root / row / 'checkpoints'))
     return {step: Path(found[step]) for step in RUNGS if step in found}
 
@@ -95,6 +102,8 @@ def seconds_per_step(root, row):
 def samplings(row, step, n, ancestral_n):
     """(n, DDIM steps or None, NFE) of every sampling of one snapshot: the RGM chain itself, or the DDPM's
     samplers (ancestral = 1000 levels, at ancestral_n images) at DDPM_RUNGS."""
+    if row == SHIPPED:
+        return [(n, None, 4)]
     if row != DDPM:
         K = train_images.parse_args(train_args(row, 'data', 0, False)).K
         return [(n, None, K)]
@@ -120,7 +129,7 @@ def scored(root, row, step, n, steps):
 
 def todo(root, n, ancestral_n):
     """(row, step, n, steps, NFE) of every snapshot on disk not scored yet."""
-    return [(row, step, m, s, nfe) for row in ROWS for step in snapshots(root, row)
+    return [(row, step, m, s, nfe) for row in (*ROWS, SHIPPED) for step in snapshots(root, row)
             for m, s, nfe in samplings(row, step, n, ancestral_n) if scored(root, row, step, m, s) is None]
 
 
@@ -181,7 +190,7 @@ def score(root, points, data_dir, classifier, threads):
 def collect(root, n, ancestral_n):
     """Every scored point: dicts of row, label, step, images seen, sampler, NFE and the scores."""
     points = []
-    for row, (label, *_) in ROWS.items():
+    for row, label in [*((row, r[0]) for row, r in ROWS.items()), (SHIPPED, SHIPPED_LABEL)]:
         for step in snapshots(root, row):
             for m, steps, nfe in samplings(row, step, n, ancestral_n):
                 r = scored(root, row, step, m, steps)
@@ -201,9 +210,17 @@ def find(points, row, step, sampler=None):
     return next((p for p in points if p['row'] == row and p['step'] == step and p['sampler'] == sampler), None)
 
 
+def spread(points):
+    """{metric: |difference|} between the two training runs of kld_d's preset at BASE steps, or None."""
+    a, b = find(points, 'kld_d', BASE), find(points, SHIPPED, BASE)
+    return None if a is None or b is None else {key: abs(a[key] - b[key]) for key, _, _ in METRICS}
+
+
 def claim_lines(points):
-    """One line per claim: at which budgets (1x, 2x, 4x of BASE; the rungs both rows have) the better
-    row wins on each metric."""
+    """One line per claim: on each metric, at which budgets (1x, 2x, 4x of BASE; the rungs both rows have)
+    the row the paper favours is better, level (a difference within the spread between two training runs)
+    or worse."""
+    yardstick = spread(points)
     lines = []
     for claim, a, b in CLAIMS:
         steps = [s for s in RUNGS if find(points, a, s) and find(points, b, s)]
@@ -212,10 +229,17 @@ def claim_lines(points):
             continue
         parts = []
         for key, name, sign in METRICS:
-            wins = [s for s in steps if sign * (find(points, a, s)[key] - find(points, b, s)[key]) > 0]
-            where = ', '.join(budget(s) for s in wins) if wins else 'nowhere'
-            parts.append(f'{name} {where}')
-        lines.append(f"- {claim}: holds by {'; '.join(parts)} (of {', '.join(budget(s) for s in steps)}).")
+            margin = yardstick[key] if yardstick else 0.0
+            verdicts = {}
+            for s in steps:
+                diff = sign * (find(points, a, s)[key] - find(points, b, s)[key])
+                verdicts.setdefault('better' if diff > margin else 'worse' if diff < -margin else 'level', []).append(s)
+            parts.append(f'{name} ' + ', '.join(f"{v} at {' '.join(budget(s) for s in verdicts[v])}"
+                                                for v in ('better', 'level', 'worse') if v in verdicts))
+        lines.append(f"- {claim}: {'; '.join(parts)}.")
+    lines.append('Level: within the spread between two training runs of RGM-KLD-D at 1x, ' + (
+        ', '.join(f'{name} {yardstick[key]:.3g}' for key, name, _ in METRICS) + ' (one pair of runs).' if yardstick
+        else 'not measured yet: every difference counts.'))
     return lines
 
 
@@ -224,23 +248,48 @@ def budget(step):
     return f'{step / BASE:g}x'
 
 
-def write(root, points, n, ancestral_n):
-    """curves.json, curves.md and curves.png in --root."""
-    (root / 'curves.json').write_text(json.dumps(dict(n=n, ancestral_n=ancestral_n, base_steps=BASE, batch=32,
-                                                      points=points), indent=2) + '\n')
-    header = '| model | budget (images) | sampler, NFE | FD | KID | precision | recall | rarest class |'
-    lines = [header, '|---' * 8 + '|']
+def write(root, points, n, ancestral_n, command):
+    """curves.json (every point, with the command, date and machine that made them), curves.md (what
+    render_markdown makes of it) and curves.png in --root."""
+    results = dict(n=n, ancestral_n=ancestral_n, base_steps=BASE, batch=32, command=command,
+                   date=time.strftime('%Y-%m-%d'), machine=machine(), points=points)
+    (root / 'curves.json').write_text(json.dumps(results, indent=2) + '\n')
+    text = render_markdown(results)
+    (root / 'curves.md').write_text(text)
+    print(text)
+    figure(root / 'curves.png', points, n)
+
+
+def machine():
+    """What the numbers were measured on, in one line."""
+    import platform
+    import torch
+    return f'{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}'
+
+
+def render_markdown(results):
+    """The table at 1x / 2x / 4x the 2-epoch budget and the claims, from curves.json's contents."""
+    return render_table(results) + '\nClaims, by budget and metric:\n' + render_claims(results)
+
+
+def render_claims(results):
+    """The claims' lines (claim_lines) as markdown."""
+    return '\n'.join(claim_lines(results['points'])) + '\n'
+
+
+def render_table(results):
+    """One line per point at BASE, 2 BASE and 4 BASE steps, and the line saying how they were made."""
+    n, points = results['n'], results['points']
+    lines = ['| model | budget (images) | sampler, NFE | FD | KID | precision | recall | rarest class |', '|---' * 8 + '|']
     for step in (BASE, 2 * BASE, 4 * BASE):
         for p in (p for p in points if p['step'] == step):
             own_n = '' if p['n'] == n else f" (n = {p['n']})"
             lines.append(f"| {p['label']} | {budget(step)} ({p['images']:,}) | {p['sampler'] or 'chain'}, {p['nfe']}"
-                         f"{own_n} | {p['fd']:.2f} | {p['kid_mean']:.3f} | "
-                         f"{p['precision']:.3f} | {p['recall']:.3f} | {p['rarest']} {100 * p['min_share']:.1f}% |")
-    lines += ['', f'n = {n} samples per point (seed 0) against the 10,000 test images; the DDPM\'s predicted x0 '
-              'clamped to [-1, 1] at each step.', '', 'Claims, by budget and metric:', *claim_lines(points)]
-    (root / 'curves.md').write_text('\n'.join(lines) + '\n')
-    print('\n'.join(lines))
-    figure(root / 'curves.png', points, n)
+                         f"{own_n} | {p['fd']:.2f} | {p['kid_mean']:.3f} | {p['precision']:.3f} | {p['recall']:.3f} | "
+                         f"{p['rarest']} {100 * p['min_share']:.1f}% |")
+    lines += ['', f"n = {n} samples per point (seed 0) against the 10,000 test images; the DDPM's predicted x0 clamped "
+              f"to [-1, 1] at each step. Made by `{results['command']}` on {results['date']} ({results['machine']}).", '']
+    return '\n'.join(lines)
 
 
 def figure(path, points, n):
@@ -250,14 +299,15 @@ def figure(path, points, n):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    order = [*ROWS, SHIPPED]
     curves = sorted({(p['row'], p['sampler']) for p in points if p['n'] == n},
-                    key=lambda c: (list(ROWS).index(c[0]), str(c[1])))
+                    key=lambda c: (order.index(c[0]), str(c[1])))
     for ax, (key, name, sign) in zip(axes.flat, METRICS):
         for row, sampler in curves:
             line = sorted((p for p in points if (p['row'], p['sampler']) == (row, sampler) and p['n'] == n),
                           key=lambda p: p['step'])
-            label = ROWS[row][0] + (f', {sampler}' if sampler else '')
-            style = 's--' if sampler else ('o-' if ROWS[row][3] > BASE else 'D')
+            label = line[0]['label'] + (f', {sampler}' if sampler else '')
+            style = 's--' if sampler else 'o-' if row in ROWS and ROWS[row][3] > BASE else 'D'
             ax.plot([p['images'] for p in line], [p[key] for p in line], style, ms=5, label=label)
         ax.set(xscale='log', yscale='log' if key == 'fd' else 'linear', xlabel='training images seen',
                ylabel=f"{name} (n = {n}, {'lower' if sign < 0 else 'higher'} is better)")
@@ -267,6 +317,16 @@ def figure(path, points, n):
     fig.savefig(path, dpi=130)
     plt.close(fig)
     print(f'wrote {path}')
+
+
+def publish(root):
+    """Copy curves.json into results/ and curves.png into assets/, and render the docs' tables from them."""
+    import shutil
+    import render
+    shutil.copy(root / 'curves.json', ROOT / 'results' / 'fashion_curves.json')
+    shutil.copy(root / 'curves.png', ROOT / 'assets' / 'fashion_curves.png')
+    for path in render.render_all():
+        print(f'rendered {path}')
 
 
 def main(args):
@@ -285,7 +345,10 @@ def main(args):
         train(root, rows, args.data_dir, args.jobs)
     score(root, [p for p in todo(root, args.n, args.ancestral_n) if p[0] in rows], args.data_dir, args.classifier,
           args.threads)
-    write(root, collect(root, args.n, args.ancestral_n), args.n, args.ancestral_n)
+    command = 'python bench/fashion_curves.py ' + ' '.join(sys.argv[1:])
+    write(root, collect(root, args.n, args.ancestral_n), args.n, args.ancestral_n, command)
+    if args.publish:
+        publish(root)
     print(f'done in {(time.time() - started) / 60:.0f} min')
 
 
@@ -302,6 +365,8 @@ def build_parser():
     p.add_argument('--data-dir', default='data', help='Fashion-MNIST files (see data.py)')
     p.add_argument('--classifier', default=metrics.DEFAULT_CLASSIFIER, help='the classifier file (metrics.py)')
     p.add_argument('--score-only', action='store_true', help='train nothing: score the snapshots on disk and write')
+    p.add_argument('--publish', action='store_true', help='also copy curves.json to results/ and curves.png to assets/ '
+                   'and render the docs from them (bench/render.py)')
     p.add_argument('--dry-run', action='store_true', help='print what is left and how long it would take')
     return p
 

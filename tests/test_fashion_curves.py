@@ -48,12 +48,14 @@ def test_a_score_counts_only_for_the_checkpoint_it_was_made_from(tmp_path):
     path = ckpt(tmp_path, 'kld_d', 1000)
     ckpt(tmp_path, 'kld_d', 1500)                     # not a rung: never scored
     assert fc.snapshots(tmp_path, 'kld_d') == {1000: path}
-    assert fc.todo(tmp_path, 50, 0) == [('kld_d', 1000, 50, None, 4)]
+    # the shipped model, a second training run of the preset at 4,000 steps, is scored beside the ladder
+    assert fc.todo(tmp_path, 50, 0) == [('kld_d', 1000, 50, None, 4), (fc.SHIPPED, 4000, 50, None, 4)]
     out = fc.eval_dir(tmp_path, 'kld_d', 1000, 50, None)
     out.mkdir()
     (out / 'metrics.json').write_text(json.dumps(dict(ckpt=str(path))))
     os.utime(path, (1, 1))
-    assert fc.scored(tmp_path, 'kld_d', 1000, 50, None) is not None and fc.todo(tmp_path, 50, 0) == []
+    assert fc.scored(tmp_path, 'kld_d', 1000, 50, None) is not None
+    assert fc.todo(tmp_path, 50, 0) == [(fc.SHIPPED, 4000, 50, None, 4)]
     os.utime(path)                                     # the checkpoint was written again after the scores
     assert fc.scored(tmp_path, 'kld_d', 1000, 50, None) is None
     (out / 'metrics.json').write_text(json.dumps(dict(ckpt=str(tmp_path / 'other.pt'))))
@@ -71,9 +73,18 @@ def test_claims_say_at_which_budgets_each_metric_favours_the_better_row():
               point('kld_d', 8000, 1, 0.1, 0.9, 0.9)]          # K = 1 has no 8,000-step point: not compared
     lines = fc.claim_lines(points)
     k = next(line for line in lines if line.startswith('- K = 4'))
-    assert 'FD 4x;' in k and 'KID 4x;' in k and 'precision nowhere;' in k and 'recall 1x, 4x' in k
-    assert '(of 1x, 4x)' in k
+    assert k == ('- K = 4 steps beat K = 1 (Table 3): FD better at 4x, worse at 1x; KID better at 4x, worse at 1x; '
+                 'precision worse at 1x 4x; recall better at 1x 4x.')
     assert any(line.startswith('- the SR process') and 'not scored yet' in line for line in lines)
+    assert lines[-1].endswith('not measured yet: every difference counts.')
+    # with a second training run of the preset, differences within its distance are level
+    shipped = dict(point('kld_d', 4000, 11.5, 0.45, 0.67, 0.16), row=fc.SHIPPED)
+    lines = fc.claim_lines(points + [shipped])
+    k = next(line for line in lines if line.startswith('- K = 4'))
+    assert k == ('- K = 4 steps beat K = 1 (Table 3): FD level at 4x, worse at 1x; KID better at 4x, worse at 1x; '
+                 'precision level at 4x, worse at 1x; recall better at 4x, level at 1x.')
+    assert lines[-1] == ('Level: within the spread between two training runs of RGM-KLD-D at 1x, FD 1.5, KID 0.05, '
+                         'precision 0.07, recall 0.06 (one pair of runs).')
 
 
 def test_the_estimate_uses_the_logged_rates_and_no_more_lanes_than_cores(tmp_path, monkeypatch):
@@ -91,25 +102,30 @@ def test_the_estimate_uses_the_logged_rates_and_no_more_lanes_than_cores(tmp_pat
 
 
 def test_a_snapshot_sampled_scored_and_written(tmp_path):
-    """The shipped RGM-KLD-D stands in for a snapshot at 1,000 steps: score() runs sample.py on it (the
-    classifier's stored test statistics, no data set), collect() reads the point back and write() renders
-    the table, the claims and the figure."""
+    """The shipped RGM-KLD-D stands in for the kld_d row's snapshot at 4,000 steps: score() runs sample.py
+    on it and on the shipped file itself (the classifier's stored test statistics, no data set), collect()
+    reads the points back, the two runs are level on every metric (the same weights and seed), and
+    write() renders the table, the claims and the figure."""
     root = tmp_path / 'curves'
-    snap = root / 'kld_d' / 'checkpoints' / 'ckpt_00001000.pt'
+    snap = root / 'kld_d' / 'checkpoints' / 'ckpt_00004000.pt'
     snap.parent.mkdir(parents=True)
     shutil.copy(fc.ROOT / 'checkpoints' / 'fashion_kld_d.pt', snap)
     fc.score(root, fc.todo(root, 20, 0), str(tmp_path / 'no-data'), fc.metrics.DEFAULT_CLASSIFIER, threads=1)
     points = fc.collect(root, 20, 0)
-    assert len(points) == 1
+    assert [p['row'] for p in points] == ['kld_d', fc.SHIPPED]
     p = points[0]
-    assert (p['row'], p['step'], p['images'], p['nfe'], p['n']) == ('kld_d', 1000, 32_000, 4, 20)
-    r = json.loads((fc.eval_dir(root, 'kld_d', 1000, 20, None) / 'metrics.json').read_text())
+    assert (p['row'], p['step'], p['images'], p['nfe'], p['n']) == ('kld_d', 4000, 128_000, 4, 20)
+    r = json.loads((fc.eval_dir(root, 'kld_d', 4000, 20, None) / 'metrics.json').read_text())
     assert p['fd'] == r['fd'] > 0 and p['recall'] == r['recall'] and r['ckpt'] == str(snap)
+    assert fc.spread(points) == dict(fd=0.0, kid_mean=0.0, precision=0.0, recall=0.0)
     assert fc.todo(root, 20, 0) == []                  # scored once
-    fc.write(root, points, 20, 0)
+    fc.write(root, points, 20, 0, 'python bench/fashion_curves.py --n 20')
     assert (root / 'curves.png').stat().st_size > 0
     assert json.loads((root / 'curves.json').read_text())['points'] == points
-    assert '- K = 4 steps beat K = 1 (Table 3): not scored yet.' in (root / 'curves.md').read_text()
+    text = (root / 'curves.md').read_text()
+    assert '- K = 4 steps beat K = 1 (Table 3): not scored yet.' in text
+    assert '| RGM-KLD-D, K = 4 | 1x (128,000) | chain, 4 | ' + f"{p['fd']:.2f} |" in text
+    assert 'Made by `python bench/fashion_curves.py --n 20`' in text
 
 
 def test_too_few_samples_are_refused_before_any_work(tmp_path):

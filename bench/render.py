@@ -1,0 +1,92 @@
+"""Tables in README.md and docs/ rendered from the results files committed in results/, so that a
+number shown cannot drift from the run that made it:
+
+    python bench/render.py            # rewrite every rendered block from its results file
+    python bench/render.py --check    # exit 1 naming each block that differs (tests/test_render.py)
+
+A rendered block is marked in the markdown by an opening and a closing comment:
+
+    <!-- render: fashion_curves_table -->
+    ...the rendered text...
+    <!-- /render -->
+
+and RENDERERS maps its name to a results file and the function that makes the text from its JSON.
+Text between the markers is replaced; nothing else in the file is touched.
+"""
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / 'bench'))
+DOCS = ('README.md', 'docs/*.md')
+BLOCK = re.compile(r'(<!-- render: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /render -->)', re.S)
+
+
+def _curves(render):
+    def make(results):
+        import fashion_curves
+        return getattr(fashion_curves, render)(results)
+    return make
+
+
+# name: (results file, function of its JSON -> markdown)
+RENDERERS = {
+    'fashion_curves_table': ('results/fashion_curves.json', _curves('render_table')),
+    'fashion_curves_claims': ('results/fashion_curves.json', _curves('render_claims')),
+}
+
+
+def rendered(name):
+    """The text of block `name`, made from its results file."""
+    if name not in RENDERERS:
+        raise ValueError(f'unknown rendered block {name!r}; known: {", ".join(RENDERERS)}')
+    path, make = RENDERERS[name]
+    text = make(json.loads((ROOT / path).read_text()))
+    return text if text.endswith('\n') else text + '\n'
+
+
+def documents():
+    return [path for pattern in DOCS for path in sorted(ROOT.glob(pattern))]
+
+
+def render_text(text):
+    """`text` with every block replaced by its rendering."""
+    return BLOCK.sub(lambda m: m.group(1) + rendered(m.group('name')) + m.group(4), text)
+
+
+def stale():
+    """(file, block name) of every block whose text differs from its rendering."""
+    return [(path.relative_to(ROOT), m.group('name')) for path in documents()
+            for m in BLOCK.finditer(path.read_text()) if m.group('body') != rendered(m.group('name'))]
+
+
+def render_all():
+    """Rewrite the documents whose blocks are stale; returns their paths."""
+    changed = []
+    for path in documents():
+        text = path.read_text()
+        new = render_text(text)
+        if new != text:
+            path.write_text(new)
+            changed.append(path)
+    return changed
+
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--check', action='store_true', help='change nothing; exit 1 if a block is stale')
+    args = p.parse_args()
+    try:
+        if args.check:
+            bad = stale()
+            print('\n'.join(f'stale: {path} block {name} (run python bench/render.py)' for path, name in bad)
+                  or 'every rendered block matches its results file')
+            sys.exit(1 if bad else 0)
+        for path in render_all():
+            print(f'rendered {path}')
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f'error: {e}')

@@ -41,6 +41,45 @@ def median_ms_events(fn, reps, device):
     return sorted(times)[len(times) // 2]
 
 
+def count_flops(fn):
+    """Floating-point operations of one call of fn(), by torch's flop counter formulas
+    (torch.utils.flop_counter's registry: convolutions and matrix products, forward and backward;
+    element-wise work is not counted). Its FlopCounterMode is not used as is: its module tracker fails
+    on a step that toggles requires_grad and takes gradients inside the step (R1, the critic)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class Count(TorchDispatchMode):
+        flops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                Count.flops += formula(*args, **(kwargs or {}), out_val=out)
+            return out
+    with Count():
+        fn()
+    return Count.flops
+
+
+# The network's dominant layer on Fashion-MNIST: a 3x3 convolution, 32 -> 32 channels at 16 x 16, batch 32
+PEAK_SHAPE = (32, 32, 16, 16)
+
+
+@torch.no_grad()
+def conv_peak(device, dtype=torch.float32, shape=PEAK_SHAPE, reps=30, channels_last=False):
+    """GFLOP/s of a 3x3 convolution (padding 1, C -> C channels) on input `shape` (B, C, H, W) in `dtype`:
+    what this machine reaches on the work that dominates the network, the yardstick of a roofline.
+    Measured, not taken from a data sheet, so it is this machine on this day."""
+    B, C, H, W = shape
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    conv = torch.nn.Conv2d(C, C, 3, padding=1).to(device=device, dtype=dtype, memory_format=fmt)
+    x = torch.randn(shape, device=device, dtype=dtype).to(memory_format=fmt)
+    seconds = median_seconds(lambda: conv(x), reps, torch.device(device))
+    return count_flops(lambda: conv(x)) / seconds / 1e9
+
+
 def untrained_generator(args):
     """Seeded, untrained NCSN++ of configuration `args.config` on `args.device` (timing only)."""
     import models

@@ -25,6 +25,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
+import common  # noqa: E402
+from common import conv_peak, count_flops  # noqa: E402
 import models  # noqa: E402
 import train_images  # noqa: E402
 
@@ -66,6 +69,11 @@ def bench(preset, device, amp, variant, batch, warmup, steps, threads, flags=())
 
     for i in range(1, warmup + 1):          # start at step 1: R1 (step 0) is timed in its turn below
         step(i)
+    # the arithmetic of the timed steps: one plain step and one with R1, counted, weighted as they are timed
+    lazy = getattr(cfg, 'lazy_reg', 0) if not setup.baseline else 0
+    plain, with_r1 = count_flops(lambda: step(1)), count_flops(lambda: step(0)) if lazy else 0
+    r1_steps = len(range(0, steps, lazy)) if lazy else 0
+    flops = (plain * (steps - r1_steps) + with_r1 * r1_steps) / steps
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -78,7 +86,24 @@ def bench(preset, device, amp, variant, batch, warmup, steps, threads, flags=())
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024     # this process's peak
     ms = (time.perf_counter() - start) / steps * 1e3
-    return dict(ms=ms, images_per_s=batch / ms * 1e3, peak_GB=peak / 2**30, batch=batch, max_steps=cfg.max_steps)
+    return dict(ms=ms, images_per_s=batch / ms * 1e3, peak_GB=peak / 2**30, batch=batch, max_steps=cfg.max_steps,
+                gflop=flops / 1e9)
+
+
+def peak(device, amp, variant, threads):
+    """GFLOP/s of the network's dominant convolution (common.conv_peak) in this row's precision and layout."""
+    if threads:
+        torch.set_num_threads(threads)
+    return dict(gflops=conv_peak(device, torch.bfloat16 if amp else torch.float32,
+                                 channels_last=VARIANTS[variant][1]))
+
+
+def child(job):
+    """Run one job (a row, or a peak with kind='peak') in a fresh process: its JSON, or None and the error."""
+    out = subprocess.run([sys.executable, __file__, '--one', json.dumps(job)], capture_output=True, text=True)
+    if out.returncode:
+        return None, out.stderr.strip().splitlines()[-1][:80]
+    return json.loads(next(line for line in reversed(out.stdout.splitlines()) if line.startswith('{'))), None
 
 
 def main(args):
@@ -88,9 +113,13 @@ def main(args):
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{os.cpu_count()} CPUs'
     print(f'one device ({name}), torch {torch.__version__}, {args.steps} timed steps after {args.warmup} '
           '(compilation happens in the warm-up); one process per row\n')
-    print('| preset | prior | variant | threads | precision | batch | ms/step | images/s | peak memory (GB) | '
-          'hours for --max-steps |')
-    print('|---|---|---|---|---|---|---|---|---|---|')
+    print('Roofline: GFLOP a step counted by torch\'s flop counter (convolutions and matrix products, forward and '
+          'backward), the rate achieved, and its share of the peak: a 3x3 convolution of the network\'s dominant '
+          f'shape {common.PEAK_SHAPE} measured in a fresh process with the same threads, precision and layout.\n')
+    print('| preset | prior | variant | threads | precision | batch | ms/step | images/s | GFLOP/step | GFLOP/s | '
+          'peak GFLOP/s | % of peak | peak memory (GB) | hours for --max-steps |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+    peaks = {}
     for preset, flags in ([p, f.split()] for p in args.presets for f in args.flags or ['']):
         prior = train_images.parse_args(['--preset', preset, *flags]).prior
         row = ' '.join([preset, *flags])
@@ -98,17 +127,23 @@ def main(args):
             for variant in args.variants:
                 for n in threads:
                     for precision in precisions:
-                        job = dict(preset=preset, device=args.device, amp=precision == 'bf16', variant=variant,
+                        amp = precision == 'bf16'
+                        key = (amp, VARIANTS[variant][1], n)
+                        if key not in peaks:
+                            peaks[key] = child(dict(kind='peak', device=args.device, amp=amp, variant=variant,
+                                                    threads=n))[0]
+                        job = dict(preset=preset, device=args.device, amp=amp, variant=variant,
                                    batch=batch, warmup=args.warmup, steps=args.steps, threads=n, flags=flags)
-                        out = subprocess.run([sys.executable, __file__, '--one', json.dumps(job)],
-                                             capture_output=True, text=True)
-                        if out.returncode:
+                        r, error = child(job)
+                        if r is None:
                             print(f'| {row} | {prior} | {variant} | {n or "-"} | {precision} | {batch or "-"} | '
-                                  f'failed: {out.stderr.strip().splitlines()[-1][:80]} ||||', flush=True)
+                                  f'failed: {error} ||||||||', flush=True)
                             continue
-                        r = json.loads(out.stdout.strip().splitlines()[-1])
+                        rate = r['gflop'] / r['ms'] * 1e3
+                        top = peaks[key]['gflops'] if peaks[key] else float('nan')
                         print(f'| {row} | {prior} | {variant} | {n or "-"} | {precision} | {r["batch"]} | '
-                              f'{r["ms"]:.1f} | {r["images_per_s"]:.1f} | {r["peak_GB"]:.2f} | '
+                              f'{r["ms"]:.1f} | {r["images_per_s"]:.1f} | {r["gflop"]:.2f} | {rate:.1f} | {top:.0f} | '
+                              f'{100 * rate / top:.0f}% | {r["peak_GB"]:.2f} | '
                               f'{r["max_steps"] * r["ms"] / 3.6e6:.3g} |', flush=True)
 
 
@@ -119,15 +154,17 @@ if __name__ == '__main__':
     p.add_argument('--flags', nargs='+', metavar='"FLAGS"', help='train_images flags on top of each preset, one '
                    'quoted string per row set, e.g. "" "--K 1" "--nz 0" (an ablation costs what its flags make it)')
     p.add_argument('--device', default='cpu')
-    p.add_argument('--batch', type=int, nargs='+', help="default: the preset's global batch")
+    p.add_argument('--batch', type=cli.positive_int, nargs='+', help="default: the preset's global batch")
     p.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument('--precision', nargs='+', choices=['fp32', 'bf16'], help='default: fp32 (CPU), fp32 and bf16 (GPU)')
-    p.add_argument('--threads', type=int, nargs='+', default=[1, 2], help='CPU threads')
-    p.add_argument('--warmup', type=int, default=3)
-    p.add_argument('--steps', type=int, default=15, help='timed steps (R1 every lazy_reg of them)')
+    p.add_argument('--threads', type=cli.nonnegative_int, nargs='+', default=[1, 2], help='CPU threads (0: torch\'s)')
+    p.add_argument('--warmup', type=cli.nonnegative_int, default=3)
+    p.add_argument('--steps', type=cli.positive_int, default=15, help='timed steps (R1 every lazy_reg of them)')
     p.add_argument('--one', help=argparse.SUPPRESS)                  # internal: one row, printed as JSON
     args = p.parse_args()
     if args.one:
-        print(json.dumps(bench(**json.loads(args.one))))
+        job = json.loads(args.one)
+        print(json.dumps(peak(**{k: v for k, v in job.items() if k != 'kind'}) if job.get('kind') == 'peak'
+                         else bench(**job)))
     else:
         main(args)

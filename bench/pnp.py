@@ -2,7 +2,9 @@
 
 Two denoisers: a stand-in (the identity, so the time is the SVD operators and the DRS loop
 alone) and the RGM denoiser with an untrained NCSN++ of a named configuration (the network cost
-does not depend on its weights). M and J are the Table 6 settings of each task (pnp.paper_settings).
+does not depend on its weights). M and J are pnp.paper_settings' for each task at the image size: at 32 px
+Table 6's CIFAR-10 column for denoise, sr2 and sr4; its 256 px rows for sr8 and color (Table 6 has no
+32 px ones), and the colorization row for inpaint (not in the paper).
 
     OMP_NUM_THREADS=1 python bench/pnp.py                      # tiny NCSN++, 32x32, CPU
     python bench/pnp.py --config cifar10 --device cuda         # the paper's CIFAR-10 generator

@@ -592,9 +592,9 @@ if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--rows', nargs='+', choices=list(ROWS), help='default: all, in this order: ' + ' '.join(ROWS))
     p.add_argument('--root', default='runs/fashion_table', help='one run folder per row, and the table')
-    p.add_argument('--n', type=int, default=10_000, help='samples scored per row and seed')
-    p.add_argument('--nfe-n', type=int, default=NFE_N, help='samples per point of the diffusion comparison (DDPM '
-                   'rows at each sampler, and the RGM rows beside them)')
+    p.add_argument('--n', type=cli.positive_int, default=10_000, help='samples scored per row and seed')
+    p.add_argument('--nfe-n', type=cli.positive_int, default=NFE_N, help='samples per point of the diffusion '
+                   'comparison (DDPM rows at each sampler, and the RGM rows beside them)')
     p.add_argument('--samplers', type=int, nargs='+', default=list(SAMPLERS), choices=SAMPLERS, metavar='NFE',
                    help='the diffusion rows\' samplers: DDIM steps, 1000 = ancestral (default: all of '
                    + ' '.join(map(str, SAMPLERS)) + '); the comparison also shows the samplers an earlier run scored '
@@ -615,7 +615,8 @@ if __name__ == '__main__':
     p.add_argument('--ship', action='store_true', help='only write the trained generators of ' + ', '.join(SHIPPED_ROWS)
                    + ' and the classifier with the test statistics into checkpoints/')
     p.add_argument('--pnp', action='store_true', help='also Table 4 in small: KLD-D and KLD-SR on denoise, sr2, sr4')
-    p.add_argument('--pnp-n', type=int, default=100, help='training images for the settings, test images scored')
+    p.add_argument('--pnp-n', type=cli.positive_int, default=100,
+                   help='training images for the settings, test images scored')
     args = p.parse_args()
     if args.n < 2 or args.nfe_n < 2:
         p.error('--n and --nfe-n must be at least 2')

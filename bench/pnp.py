@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import median_seconds, untrained_generator   # noqa: E402
+import cli          # noqa: E402
 import models       # noqa: E402
 import pnp          # noqa: E402
 import schedules    # noqa: E402
@@ -48,9 +49,9 @@ if __name__ == '__main__':
     parser.add_argument('--config', default='tiny', choices=sorted(models.CONFIGS), help='NCSN++ configuration')
     parser.add_argument('--tasks', nargs='+', default=['denoise', 'sr2', 'sr4', 'sr8', 'color', 'inpaint'],
                         choices=sorted(pnp.TASKS))
-    parser.add_argument('--batch', type=int, default=8)
-    parser.add_argument('--reps', type=int, default=3)
-    parser.add_argument('--sigma-y', type=float, default=0.0, help='observation noise, 0-255 units')
+    parser.add_argument('--batch', type=cli.positive_int, default=8)
+    parser.add_argument('--reps', type=cli.positive_int, default=3)
+    parser.add_argument('--sigma-y', type=cli.nonnegative_float, default=0.0, help='observation noise, 0-255 units')
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--threads', type=int, default=0, help='CPU threads (0: torch default)')
+    parser.add_argument('--threads', type=cli.nonnegative_int, default=0, help='CPU threads (0: torch default)')
     main(parser.parse_args())

@@ -25,6 +25,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
 import models  # noqa: E402
 import train_images  # noqa: E402
 
@@ -119,12 +120,13 @@ if __name__ == '__main__':
     p.add_argument('--flags', nargs='+', metavar='"FLAGS"', help='train_images flags on top of each preset, one '
                    'quoted string per row set, e.g. "" "--K 1" "--nz 0" (an ablation costs what its flags make it)')
     p.add_argument('--device', default='cpu')
-    p.add_argument('--batch', type=int, nargs='+', help="default: the preset's global batch")
+    p.add_argument('--batch', type=cli.positive_int, nargs='+', help="default: the preset's global batch")
     p.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument('--precision', nargs='+', choices=['fp32', 'bf16'], help='default: fp32 (CPU), fp32 and bf16 (GPU)')
-    p.add_argument('--threads', type=int, nargs='+', default=[1, 2], help='CPU threads')
-    p.add_argument('--warmup', type=int, default=3)
-    p.add_argument('--steps', type=int, default=15, help='timed steps (R1 every lazy_reg of them)')
+    p.add_argument('--threads', type=cli.nonnegative_int, nargs='+', default=[1, 2],
+                   help='CPU threads (0: torch default)')
+    p.add_argument('--warmup', type=cli.nonnegative_int, default=3)
+    p.add_argument('--steps', type=cli.positive_int, default=15, help='timed steps (R1 every lazy_reg of them)')
     p.add_argument('--one', help=argparse.SUPPRESS)                  # internal: one row, printed as JSON
     args = p.parse_args()
     if args.one:

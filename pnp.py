@@ -496,9 +496,9 @@ def evaluate(G, meta, schedule, op, y, images, settings, seed=0):
 
 def tune(args, G, meta):
     """For each task, pnp.drs on the first --n training images over the grid --M x --lam x --alpha
-    (J = 1, as Table 6 for 32 px images): a table of mean PSNR per setting, best first, beside the
-    Table 6 setting and the baselines, then the flags of the best setting. Returns {task: the best
-    setting with its mean PSNR and SSIM}."""
+    (J = 1, as Table 6 for 32 px images): a table of the --show settings of highest mean PSNR, best
+    first, beside the Table 6 setting and the baselines, then the flags of the best setting. Returns
+    {task: the best setting with its mean PSNR and SSIM}."""
     schedule = schedules.schedule_of(meta, args.device)
     images = torch.stack([image for _, image in data.load_images(args.dataset, args.data_dir, 'train', args.n)])
     images = images.to(args.device)
@@ -583,9 +583,11 @@ def build_parser():
     parser.add_argument('--return-iterate', default='x', choices=ITERATES[:3],
                         help="DRS iterate returned: x (the authors'), y (denoised) or prox")
     parser.add_argument('--tune', action='store_true',
-                        help='choose M, lambda, alpha on the first --n training images of --dataset: a table per '
-                             'task (best first, beside Table 6 and the baselines); prints, writes nothing')
-    parser.add_argument('--show', type=cli.positive_int, default=5, help='--tune: rows of each table')
+                        help='choose M, lambda, alpha on the first --n training images of --dataset: per task, '
+                             'the --show best settings by mean PSNR, beside Table 6 and the baselines; prints, '
+                             'writes nothing')
+    parser.add_argument('--show', type=cli.positive_int, default=5, help='--tune: rows of each table (the best '
+                        'settings; the rest of the grid is not printed)')
     parser.add_argument('--out', help='output folder (required unless --tune); one that holds files needs --overwrite')
     parser.add_argument('--overwrite', action='store_true',
                         help="replace an earlier run's outputs in --out (" + ', '.join(OUTPUTS) + ')')

@@ -73,7 +73,9 @@ PRESETS = {
                             log_every=5, ckpt_every=20, sample_every=20, n_samples=16, workers=0,
                             dswd_projections=64),
 }
-# Fashion-MNIST on a 2-core CPU in <= 30 minutes (README, "Real images on a CPU"): the 'fashion' networks
+# Fashion-MNIST on a 2-core CPU (docs/fashion_mnist.md, "Training time": bench/train_step.py timed the
+# fashion_kld_d step at 359 to 916 ms alone on 2 threads, by the day's speed of the VM, so its 4,000 steps
+# take 24 to 61 minutes): the 'fashion' networks
 # (0.45M-parameter one-channel NCSN++, a discriminator of similar cost), a small batch for thousands of
 # steps, Adam at 5e-4 for G and D without decay, and an EMA short enough to move within the run.
 FASHION = dict(dataset='fashion_mnist', net='fashion', batch_size=32, lr_G=5e-4, lr_D=5e-4, lam=1e-3,

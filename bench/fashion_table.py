@@ -3,24 +3,23 @@
     python bench/fashion_table.py --dry-run                    # what it would do, how long it expects
     python bench/fashion_table.py                              # everything (hours on 2 cores; resumable)
     python bench/fashion_table.py --rows floor kld_d mmse_d    # some rows
-    python bench/fashion_table.py --shipped                    # score the weights in checkpoints/, no training
+    python bench/fashion_table.py --shipped                    # the shipped weights for rows not trained here
     python bench/fashion_table.py --rows kld_d kld_sr ddpm     # RGM against a DDPM: quality against NFE
 
-For each model row it trains the model unless its run folder (--root/<row>) holds the final checkpoint
-(a run cut short is resumed from its latest checkpoint; with --shipped, a row whose weights are in
-checkpoints/ uses them instead and is never trained), samples --n images with sample.py (seeded),
-scores them with the Fashion-MNIST classifier against the test images (FD, KID, precision / recall,
-class shares, mean pixel value), and at the end writes table.md, table.json and samples.png (16 samples
-per row from seed 0: the same start noise for the rows whose start distribution has one shape) into
---root. A row already scored at this --n is not scored again. Trainings and samplings run one at a
-time, each in its own process; `--jobs 2` trains two rows side by side on one thread each (about 1.7x
-faster in all on 2 cores).
+For each model row it trains the model unless it has a generator already (weights(): its final checkpoint
+under --root/<row>, else with --shipped its file in checkpoints/; a run cut short is resumed from its
+latest checkpoint), samples --n images with sample.py (seeded), scores them with the Fashion-MNIST
+classifier against the test images (FD, KID, precision / recall, class shares, mean pixel value), and at
+the end writes table.md, table.json and samples.png (16 samples per row from seed 0: the same start noise
+for the rows whose start distribution has one shape) into --root. A row already scored at this --n is
+not scored again. Trainings and samplings run one at a time, each in its own process; `--jobs 2` trains
+two rows side by side on one thread each (about 1.7x faster in all on 2 cores).
 
 The DDPM rows (a noise-prediction DDPM with the same network, at the RGM presets' training budget and
 at 4x) are sampled at every setting of SAMPLERS, DDIM at 4 to 100 steps and ancestral sampling over all
-1000 levels, on --nfe-n images each, and written as nfe_table.md, nfe.json, nfe.png (FD and KID
-against NFE) and nfe_samples.png (the grids) with the RGM rows that are trained scored at the same
---nfe-n. `--threads N` runs every sampling on N CPU threads; the tables say what they ran on.
+1000 levels, on --nfe-n images each, and written as nfe_table.md, nfe.json, nfe.png (FD, KID, precision
+and recall against NFE) and nfe_samples.png (the grids) with the RGM rows that are trained scored at the
+same --nfe-n. `--threads N` runs every sampling on N CPU threads; the tables say what they ran on.
 """
 import argparse
 import concurrent.futures
@@ -61,10 +60,11 @@ REAL_ROWS = {'floor': '10,000 training images (the floor)', 'blur3': 'training i
              'blur5': 'training images, 5x5 box blur'}
 ROWS = {**REAL_ROWS, **{name: row[0] for name, row in MODEL_ROWS.items()}}
 SEEDED_ROW = 'kld_d'            # scored over three sampling seeds: how much of a difference is noise
-# Seconds per training step on the 2-core VM at 2 threads, the median of the table's own runs (kld: the
-# KLD-SR run; mmse: the shipped run, disturbed), and per sampled image at NFE 1 (batch 500): estimates for
-# --dry-run until a row's own log says better.
-STEP_SECONDS = {'kld': 0.60, 'dswd': 0.75, 'mmse': 0.37, 'ddpm': 0.29}
+# Seconds per training step on the 2-core VM at 2 threads, the median of the table's own runs as the shipped
+# files record it (seconds_per_step; kld: the KLD-SR run, 0.602; dswd 0.726, disturbed; mmse 0.367, disturbed;
+# ddpm 0.292), and per sampled image at NFE 1 (batch 500): estimates for --dry-run until a row's own log says
+# better.
+STEP_SECONDS = {'kld': 0.60, 'dswd': 0.73, 'mmse': 0.37, 'ddpm': 0.29}
 SAMPLE_SECONDS_PER_NFE = 0.003
 
 
@@ -87,8 +87,10 @@ def shipped_file(row):
 
 
 def weights(root, row, shipped=False):
-    """The generator a row is scored with: its final training checkpoint, else (with `shipped`) the
-    weights in checkpoints/, else None (the row must be trained)."""
+    """The generator a row is scored with, in this order of precedence (the one place it is decided):
+    1. its final training checkpoint under --root (--root/<row>/checkpoints/), with or without --shipped;
+    2. with --shipped, checkpoints/<preset>.pt, for a row of SHIPPED_ROWS;
+    3. None: the row must be trained."""
     return final_checkpoint(root, row) or (shipped_file(row) if shipped else None)
 
 
@@ -146,11 +148,18 @@ SIDE_BY_SIDE = 0.84 / 0.74
 def train_side_by_side(root, rows, data_dir, jobs):
     """Train `rows` `jobs` at a time, each process on cores // jobs threads (at least one): on a small CPU
     more images per second in all than one run at a time on every core (SIDE_BY_SIDE), since one training
-    step does not keep two threads busy. The first failure is raised once the runs under way have ended."""
+    step does not keep two threads busy. A row starts only when a slot is free and no training has failed:
+    after the first failure no further row starts, and the failure is raised once the runs under way have
+    ended (they are not killed: each keeps its checkpoints and resumes next time)."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    waiting, running = list(rows), set()
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        for future in [pool.submit(train, root, row, data_dir, threads) for row in rows]:
-            future.result()
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                running.add(pool.submit(train, root, waiting.pop(0), data_dir, threads))
+            done, running = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                future.result()         # raises the failure; leaving the `with` waits for the runs under way
 
 
 def eval_dir(root, row, n, seed, sampler=None):
@@ -585,15 +594,16 @@ if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--rows', nargs='+', choices=list(ROWS), help='default: all, in this order: ' + ' '.join(ROWS))
     p.add_argument('--root', default='runs/fashion_table', help='one run folder per row, and the table')
-    p.add_argument('--n', type=int, default=10_000, help='samples scored per row and seed')
-    p.add_argument('--nfe-n', type=int, default=NFE_N, help='samples per point of the diffusion comparison (DDPM '
-                   'rows at each sampler, and the RGM rows beside them)')
+    p.add_argument('--n', type=cli.positive_int, default=10_000, help='samples scored per row and seed')
+    p.add_argument('--nfe-n', type=cli.positive_int, default=NFE_N, help='samples per point of the diffusion '
+                   'comparison (DDPM rows at each sampler, and the RGM rows beside them)')
     p.add_argument('--samplers', type=int, nargs='+', default=list(SAMPLERS), choices=SAMPLERS, metavar='NFE',
                    help='the diffusion rows\' samplers: DDIM steps, 1000 = ancestral (default: all of '
                    + ' '.join(map(str, SAMPLERS)) + '); the comparison also shows the samplers an earlier run scored '
                    'at this --nfe-n')
-    p.add_argument('--shipped', action='store_true', help='score the weights in checkpoints/ for rows that ship '
-                   'them (' + ', '.join(SHIPPED_ROWS) + ') instead of training them')
+    p.add_argument('--shipped', action='store_true', help='rows that ship weights (' + ', '.join(SHIPPED_ROWS)
+                   + ') and have no final checkpoint under --root are scored from checkpoints/ instead of '
+                   'trained; a final checkpoint under --root comes first (weights())')
     p.add_argument('--data-dir', default='data', help='Fashion-MNIST files (see data.py)')
     p.add_argument('--classifier', default=metrics.DEFAULT_CLASSIFIER, help='the classifier file (metrics.py)')
     p.add_argument('--dry-run', action='store_true', help='print what would be done and how long it would take')
@@ -608,7 +618,8 @@ if __name__ == '__main__':
     p.add_argument('--ship', action='store_true', help='only write the trained generators of ' + ', '.join(SHIPPED_ROWS)
                    + ' and the classifier with the test statistics into checkpoints/')
     p.add_argument('--pnp', action='store_true', help='also Table 4 in small: KLD-D and KLD-SR on denoise, sr2, sr4')
-    p.add_argument('--pnp-n', type=int, default=100, help='training images for the settings, test images scored')
+    p.add_argument('--pnp-n', type=cli.positive_int, default=100,
+                   help='training images for the settings, test images scored')
     args = p.parse_args()
     if args.n < 2 or args.nfe_n < 2:
         p.error('--n and --nfe-n must be at least 2')

@@ -32,6 +32,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from common import median_ms_events as cuda_ms  # noqa: E402
+import cli  # noqa: E402
 import models  # noqa: E402
 import pnp  # noqa: E402
 import train_images  # noqa: E402
@@ -229,7 +230,7 @@ if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--device', default='cuda')
     p.add_argument('--quick', action='store_true', help='tiny sizes and few steps (a rehearsal, e.g. on a CPU)')
-    p.add_argument('--reps', type=int, default=10, help='timed repetitions of the latency rows')
+    p.add_argument('--reps', type=cli.positive_int, default=10, help='timed repetitions of the latency rows')
     p.add_argument('--no-compile', action='store_true', help='skip the torch.compile rows (their autotuning takes '
                    'minutes on a GPU)')
     p.add_argument('--sections', nargs='+', help='run only the sections whose title contains one of these words')

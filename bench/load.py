@@ -20,6 +20,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+import cli  # noqa: E402
 import train_images  # noqa: E402  (imports torch in this process, after which the children start fresh)
 
 BUSY = 'while True: pass'
@@ -92,19 +93,15 @@ def main(args):
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--preset', default='fashion_kld_d', choices=sorted(train_images.PRESETS))
-    p.add_argument('--threads', type=int, nargs='+', default=[1, 2], help='CPU threads of the training process')
-    p.add_argument('--busy', type=int, default=1, help='busy processes beside it in the loaded rows')
-    p.add_argument('--batch', type=int, help="default: the preset's global batch")
-    p.add_argument('--warmup', type=int, default=3)
-    p.add_argument('--steps', type=int, default=15, help='timed steps (R1 every lazy_reg of them)')
+    p.add_argument('--threads', type=cli.positive_int, nargs='+', default=[1, 2],
+                   help='CPU threads of the training process')
+    p.add_argument('--busy', type=cli.nonnegative_int, default=1, help='busy processes beside it in the loaded rows')
+    p.add_argument('--batch', type=cli.positive_int, help="default: the preset's global batch")
+    p.add_argument('--warmup', type=cli.nonnegative_int, default=3)
+    p.add_argument('--steps', type=cli.positive_int, default=15, help='timed steps (R1 every lazy_reg of them)')
     p.add_argument('--one', help=argparse.SUPPRESS)                  # internal: one row, printed as JSON
     args = p.parse_args()
     if args.one:
         print(json.dumps(one_row(json.loads(args.one))))
     else:
-        for name in ('threads', 'busy', 'warmup', 'steps', 'batch'):
-            values = getattr(args, name)
-            for v in values if isinstance(values, list) else [values]:
-                if v is not None and (v < 0 if name in ('busy', 'warmup') else v < 1):
-                    p.error(f'--{name} must be {"0 or more" if name in ("busy", "warmup") else "positive"}, got {v}')
         main(args)

@@ -12,6 +12,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
 from models import CONFIGS, build_networks  # noqa: E402
 
 
@@ -64,8 +65,9 @@ def main(args):
 if __name__ == '__main__':
     parser = argparse.ArgumentParser(description='Parameter counts and timings of the image networks.')
     parser.add_argument('--configs', nargs='+', default=['tiny', 'cifar10'], choices=sorted(CONFIGS))
-    parser.add_argument('--batch', nargs='+', type=int, default=[8], help='batch size (one, or one per config)')
-    parser.add_argument('--reps', type=int, default=3, help='timed repetitions (median) after one warm-up')
-    parser.add_argument('--threads', type=int, default=1,
+    parser.add_argument('--batch', nargs='+', type=cli.positive_int, default=[8],
+                        help='batch size (one, or one per config)')
+    parser.add_argument('--reps', type=cli.positive_int, default=3, help='timed repetitions (median) after one warm-up')
+    parser.add_argument('--threads', type=cli.nonnegative_int, default=1,
                         help='CPU threads; 1 gives steady numbers on a shared machine, 0 keeps torch\'s default')
     main(parser.parse_args())

@@ -28,6 +28,8 @@ from pathlib import Path
 from common import child_pids
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import cli  # noqa: E402  (the project's argument types)
 
 
 def free_port():
@@ -134,9 +136,9 @@ def main(args):
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--max-steps', type=int, default=12)
-    p.add_argument('--ckpt-every', type=int, default=4)
-    p.add_argument('--timeout', type=float, default=200, help='seconds for the whole run')
+    p.add_argument('--max-steps', type=cli.positive_int, default=12)
+    p.add_argument('--ckpt-every', type=cli.positive_int, default=4)
+    p.add_argument('--timeout', type=cli.positive_float, default=200, help='seconds for the whole run')
     p.add_argument('--share-store', action='store_true',
                    help='do not export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (train_images.py then refuses)')
     p.add_argument('--keep', action='store_true', help='keep the run folder and the agents\' logs')

@@ -2,7 +2,9 @@
 
 Two denoisers: a stand-in (the identity, so the time is the SVD operators and the DRS loop
 alone) and the RGM denoiser with an untrained NCSN++ of a named configuration (the network cost
-does not depend on its weights). M and J are the Table 6 settings of each task (pnp.paper_settings).
+does not depend on its weights). M and J are pnp.paper_settings' for each task at the image size: at 32 px
+Table 6's CIFAR-10 column for denoise, sr2 and sr4; its 256 px rows for sr8 and color (Table 6 has no
+32 px ones), and the colorization row for inpaint (not in the paper).
 
     OMP_NUM_THREADS=1 python bench/pnp.py                      # tiny NCSN++, 32x32, CPU
     python bench/pnp.py --config cifar10 --device cuda         # the paper's CIFAR-10 generator
@@ -15,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import median_seconds, untrained_generator   # noqa: E402
+import cli          # noqa: E402
 import models       # noqa: E402
 import pnp          # noqa: E402
 import schedules    # noqa: E402
@@ -46,9 +49,9 @@ if __name__ == '__main__':
     parser.add_argument('--config', default='tiny', choices=sorted(models.CONFIGS), help='NCSN++ configuration')
     parser.add_argument('--tasks', nargs='+', default=['denoise', 'sr2', 'sr4', 'sr8', 'color', 'inpaint'],
                         choices=sorted(pnp.TASKS))
-    parser.add_argument('--batch', type=int, default=8)
-    parser.add_argument('--reps', type=int, default=3)
-    parser.add_argument('--sigma-y', type=float, default=0.0, help='observation noise, 0-255 units')
+    parser.add_argument('--batch', type=cli.positive_int, default=8)
+    parser.add_argument('--reps', type=cli.positive_int, default=3)
+    parser.add_argument('--sigma-y', type=cli.nonnegative_float, default=0.0, help='observation noise, 0-255 units')
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--threads', type=int, default=0, help='CPU threads (0: torch default)')
+    parser.add_argument('--threads', type=cli.nonnegative_int, default=0, help='CPU threads (0: torch default)')
     main(parser.parse_args())

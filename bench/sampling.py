@@ -16,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import median_seconds, untrained_generator   # noqa: E402
+import cli                                                      # noqa: E402
 import models                                                   # noqa: E402
 from schedules import make_schedule, sample_rgm                 # noqa: E402
 
@@ -51,11 +52,12 @@ if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', default='tiny', choices=sorted(models.CONFIGS), help='NCSN++ configuration')
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--batch', type=int, nargs='+', default=[100], help='samples per call')
+    parser.add_argument('--batch', type=cli.positive_int, nargs='+', default=[100], help='samples per call')
     parser.add_argument('--modes', nargs='+', default=['eager'], choices=['eager', 'compile'])
-    parser.add_argument('--steps', type=int, default=1000, help='steps of the DDPM-style row (0: skip it)')
-    parser.add_argument('--n-long', type=int, help='samples for the 1000-step row (default: the largest batch on '
-                                                   'GPU, 10 on CPU)')
-    parser.add_argument('--reps', type=int, default=3, help='timed runs (median)')
-    parser.add_argument('--threads', type=int, default=0, help='CPU threads (0: torch default)')
+    parser.add_argument('--steps', type=cli.nonnegative_int, default=1000,
+                        help='steps of the DDPM-style row (0: skip it)')
+    parser.add_argument('--n-long', type=cli.positive_int,
+                        help='samples for the 1000-step row (default: the largest batch on GPU, 10 on CPU)')
+    parser.add_argument('--reps', type=cli.positive_int, default=3, help='timed runs (median)')
+    parser.add_argument('--threads', type=cli.nonnegative_int, default=0, help='CPU threads (0: torch default)')
     main(parser.parse_args())

@@ -13,6 +13,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
 import toy2d  # noqa: E402
 
 
@@ -34,6 +35,6 @@ def main(args):
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser()
-    p.add_argument('--iters', type=int, default=200)
-    p.add_argument('--threads', type=int, nargs='+', default=[1, 2])
+    p.add_argument('--iters', type=cli.positive_int, default=200)
+    p.add_argument('--threads', type=cli.positive_int, nargs='+', default=[1, 2])
     main(p.parse_args())

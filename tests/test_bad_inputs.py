@@ -1,9 +1,12 @@
-"""Bad and unusual inputs to the four command lines, table-driven: each case asserts the exit (an
-argparse error, status 2, or a named exception), a message that names the problem, and that an
-existing run directory is byte-for-byte unchanged. Files are built in tmp_path: 16-bit, RGBA,
-palette, truncated and zero-byte images, duplicate file names, text and truncated checkpoints.
-Everything runs in this process (parse_args / main), no Python is spawned."""
+"""Bad and unusual inputs to the four command lines and the bench scripts, table-driven: each case
+asserts the exit (an argparse error, status 2, or a named exception), a message that names the
+problem, and that an existing run directory is byte-for-byte unchanged. Files are built in tmp_path:
+16-bit, RGBA, palette, truncated and zero-byte images, duplicate file names, text and truncated
+checkpoints. Everything runs in this process (parse_args / main, the bench scripts through runpy),
+no Python is spawned."""
 import json
+import runpy
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +91,40 @@ def test_zero_and_negative_counts_fail_at_parsing(parse, argv, flag, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert flag in err and ('positive' in err or '0 or more' in err or '[0, 1' in err)
+
+
+BENCH = Path(__file__).resolve().parents[1] / 'bench'
+# (script, argv, the flag refused). Each argv also holds flags that keep a regression cheap and inside
+# tmp_path (--dry-run, tiny networks, no 1000-step row), so that it fails here as its own error.
+BENCH_ERRORS = [
+    ('sampling.py', ['--config', 'tiny', '--batch', '2', '--steps', '0', '--reps', '0'], '--reps'),
+    ('sampling.py', ['--config', 'tiny', '--batch', '2', '--steps', '0', '--threads', '-1'], '--threads'),
+    ('fashion_table.py', ['--dry-run', '--rows', 'floor', '--pnp-n', '0'], '--pnp-n'),
+    ('fashion_table.py', ['--dry-run', '--rows', 'floor', '--nfe-n', '-1'], '--nfe-n'),
+    ('pnp.py', ['--tasks', 'sr2', '--reps', '1', '--batch', '0'], '--batch'),
+    ('models.py', ['--configs', 'tiny', '--reps', '0'], '--reps'),
+    ('toy2d.py', ['--threads', '1', '--iters', '0'], '--iters'),
+    ('train_step.py', ['--presets', 'tiny', '--variants', 'eager', '--threads', '1', '--steps', '0'], '--steps'),
+    ('load.py', ['--threads', '1', '--busy', '-1'], '--busy'),
+    ('gpu_report.py', ['--device', 'cpu', '--quick', '--sections', 'none', '--reps', '0'], '--reps'),
+]
+
+
+@pytest.mark.parametrize('script, argv, flag', BENCH_ERRORS, ids=[f'{s} {a[-2]} {a[-1]}' for s, a, _ in BENCH_ERRORS])
+def test_bench_scripts_refuse_bad_counts_at_parsing(script, argv, flag, tmp_path, monkeypatch, capsys):
+    """`python bench/<script> ...` run in this process (runpy, as __main__): exit 2 with one error line that
+    names the flag (the argument types of cli.py). Before, `sampling.py --reps 0` sampled and then ended in
+    an IndexError, and `fashion_table.py --pnp-n 0` went unchecked; an exception other than argparse's
+    exit fails this test as itself."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, 'path', [str(BENCH), *sys.path])       # as a script: its folder first
+    monkeypatch.setattr(sys, 'argv', [str(BENCH / script), *argv])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(BENCH / script), run_name='__main__')
+    assert e.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if ': error: ' in line]
+    assert len(errors) == 1 and errors[0].startswith(f'{script}: error: argument {flag}')
+    assert 'must be a positive' in errors[0] or 'must be 0 or more' in errors[0]
 
 
 # ---- the --out rule: refuse a folder with files unless --overwrite, then no stale outputs ----------

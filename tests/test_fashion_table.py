@@ -143,6 +143,30 @@ def test_jobs_train_rows_side_by_side_on_a_share_of_the_cores(tmp_path, monkeypa
     assert two - sampling == pytest.approx((one - sampling) * ft.SIDE_BY_SIDE / 2)
 
 
+def test_after_a_failed_training_no_queued_row_starts_and_the_runs_under_way_end(tmp_path, monkeypatch):
+    """One slot: the first row fails, the two queued behind it never start. Two slots: the row under
+    way beside the failing one runs to its end before the failure is raised."""
+    started, finished, failed = [], [], threading.Event()
+
+    def fake_run(cmd, log):
+        row = Path(cmd[cmd.index('--out') + 1]).name
+        started.append(row)
+        if row == 'kld_d_k1':
+            failed.set()
+            raise SystemExit('failed (exit 1)')
+        assert failed.wait(timeout=20)       # still running when the other fails
+        finished.append(row)
+    monkeypatch.setattr(ft, 'run', fake_run)
+    with pytest.raises(SystemExit, match='failed'):
+        ft.train_side_by_side(tmp_path, ['kld_d_k1', 'kld_d_nz0', 'kld_d_post'], 'data', jobs=1)
+    assert started == ['kld_d_k1'] and finished == []
+    started.clear()
+    failed.clear()
+    with pytest.raises(SystemExit, match='failed'):
+        ft.train_side_by_side(tmp_path, ['kld_d_nz0', 'kld_d_k1'], 'data', jobs=2)
+    assert sorted(started) == ['kld_d_k1', 'kld_d_nz0'] and finished == ['kld_d_nz0']
+
+
 def test_image_lines_draws_one_labelled_line_per_entry(tmp_path):
     """The figure helper of samples.png and nfe_samples.png: nothing for no lines; with lines, a PNG
     whose height grows with their number (one row of images each)."""

@@ -71,12 +71,16 @@ PEAK_SHAPE = (32, 32, 16, 16)
 def conv_peak(device, dtype=torch.float32, shape=PEAK_SHAPE, reps=30, channels_last=False):
     """GFLOP/s of a 3x3 convolution (padding 1, C -> C channels) on input `shape` (B, C, H, W) in `dtype`:
     what this machine reaches on the work that dominates the network, the yardstick of a roofline.
-    Measured, not taken from a data sheet, so it is this machine on this day."""
+    Measured, not taken from a data sheet, so it is this machine on this day: the fastest of `reps` calls
+    after 10 warm-up calls (the first calls choose and prepare the kernels, several times slower)."""
     B, C, H, W = shape
+    device = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     conv = torch.nn.Conv2d(C, C, 3, padding=1).to(device=device, dtype=dtype, memory_format=fmt)
     x = torch.randn(shape, device=device, dtype=dtype).to(memory_format=fmt)
-    seconds = median_seconds(lambda: conv(x), reps, torch.device(device))
+    for _ in range(10):
+        conv(x)
+    seconds = min(median_seconds(lambda: conv(x), 1, device, warmup=False) for _ in range(reps))
     return count_flops(lambda: conv(x)) / seconds / 1e9
 
 

@@ -6,7 +6,9 @@ cost does not depend on its weights, so an untrained NCSN++ of the named configu
     python bench/sampling.py --config tiny --modes eager compile --batch 16 100
     python bench/sampling.py --config cifar10 --device cuda            # the paper: 100 samples in 0.25 s (V100)
 
-Compiled rows exclude compilation (the warm-up call compiles).
+Compiled rows exclude compilation (the warm-up call compiles). Roofline: the GFLOP of one call counted
+by torch's flop-counter formulas, the rate achieved and its share of a 3x3 convolution of the Fashion
+network's dominant shape timed in the same run (fp32, the same threads): common.conv_peak.
 """
 import argparse
 import sys
@@ -15,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import median_seconds, untrained_generator   # noqa: E402
+from common import conv_peak, count_flops, median_seconds, untrained_generator   # noqa: E402
 import cli                                                      # noqa: E402
 import models                                                   # noqa: E402
 from schedules import make_schedule, sample_rgm                 # noqa: E402
@@ -27,8 +29,11 @@ def main(args):
     name = torch.cuda.get_device_name() if device.type == 'cuda' else f'cpu, {torch.get_num_threads()} threads'
     print(f'{name}, torch {torch.__version__}, NCSN++ {args.config} ({C}x{size}x{size}, '
           f'{sum(p.numel() for p in G.parameters()) / 1e6:.2f}M params), float32, median of {args.reps} runs\n')
-    print('| sampler | forward process | NFE | mode | samples | latency (s) | images/s | ms per NFE |')
-    print('|---|---|---|---|---|---|---|---|')
+    peak = conv_peak(device)
+    print(f'peak: {peak:.0f} GFLOP/s (fp32 3x3 convolution, common.conv_peak)\n')
+    print('| sampler | forward process | NFE | mode | samples | latency (s) | images/s | ms per NFE | GFLOP / image | '
+          'GFLOP/s | % of peak |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|')
     nets = {'eager': G}
     if 'compile' in args.modes:
         nets['compile'] = torch.compile(G)
@@ -38,14 +43,18 @@ def main(args):
             for n in args.batch:
                 run = lambda: sample_rgm(nets[mode], schedule, (n, C, size, size), nz, device=device)   # noqa: E731
                 t = median_seconds(run, args.reps, device, warmup=True)     # the warm-up call compiles
-                print(f'| {label} | {process} | {K} | {mode} | {n} | {t:.3f} | {n / t:.1f} | {1e3 * t / K:.1f} |',
-                      flush=True)
+                gflop = count_flops(lambda: sample_rgm(G, schedule, (n, C, size, size), nz, device=device)) / 1e9
+                print(f'| {label} | {process} | {K} | {mode} | {n} | {t:.3f} | {n / t:.1f} | {1e3 * t / K:.1f} | '
+                      f'{gflop / n:.3f} | {gflop / t:.1f} | {100 * gflop / t / peak:.0f}% |', flush=True)
     if args.steps:
         n_long = args.n_long or (max(args.batch) if device.type == 'cuda' else 10)
         schedule = make_schedule('d', args.steps).to(device)
         t = median_seconds(lambda: sample_rgm(G, schedule, (n_long, C, size, size), nz, device=device), 1, device)
+        gflop = count_flops(lambda: G(torch.randn(n_long, C, size, size, device=device),
+                                      torch.zeros(n_long, dtype=torch.long, device=device),
+                                      torch.randn(n_long, nz, device=device) if nz else None)) * args.steps / 1e9
         print(f'| DDPM-style | d | {args.steps} | eager | {n_long} | {t:.3f} | {n_long / t:.2f} | '
-              f'{1e3 * t / args.steps:.1f} |')
+              f'{1e3 * t / args.steps:.1f} | {gflop / n_long:.3f} | {gflop / t:.1f} | {100 * gflop / t / peak:.0f}% |')
 
 
 if __name__ == '__main__':

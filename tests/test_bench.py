@@ -1,0 +1,51 @@
+"""The benchmarks' roofline arithmetic (bench/common.py): the flop count against closed forms, through
+a step that takes gradients inside itself as the RGM step does (R1), and the training-step benchmark's
+GFLOP per step against its parts."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
+import common  # noqa: E402
+
+
+def test_flops_of_a_convolution_and_a_matrix_product_are_the_closed_forms():
+    B, C, O, H, W = 4, 3, 5, 8, 6
+    conv, x = torch.nn.Conv2d(C, O, 3, padding=1, bias=False), torch.randn(B, C, H, W, requires_grad=True)
+    forward = 2 * B * O * C * 9 * H * W                                 # a multiply and an add per tap
+    assert common.count_flops(lambda: conv(x)) == forward
+    # backward: the gradient of the input and of the weight, each a convolution of the same size
+    assert common.count_flops(lambda: conv(x).sum().backward()) == 3 * forward
+    a, b = torch.randn(7, 11), torch.randn(11, 13)
+    assert common.count_flops(lambda: a @ b) == 2 * 7 * 11 * 13
+    assert common.count_flops(lambda: (a + 1).relu()) == 0             # element-wise work is not counted
+
+
+def test_a_gradient_penalty_inside_the_counted_call_is_counted():
+    """R1 differentiates D's output with respect to its input inside the step (create_graph), then the
+    penalty is differentiated again: torch's FlopCounterMode fails on such steps (its module tracker);
+    the count here holds the forward, the gradient with its graph and the second backward."""
+    conv, x = torch.nn.Conv2d(2, 2, 3, padding=1, bias=False), torch.randn(1, 2, 4, 4, requires_grad=True)
+
+    def step():
+        grad, = torch.autograd.grad(conv(x).sum(), x, create_graph=True)
+        grad.pow(2).sum().backward()
+    forward = 2 * 2 * 2 * 9 * 16
+    assert common.count_flops(step) >= 3 * forward
+
+
+def test_the_peak_is_a_positive_rate_in_each_precision_and_layout():
+    for dtype in (torch.float32, torch.bfloat16):
+        for channels_last in (False, True):
+            assert common.conv_peak('cpu', dtype, shape=(2, 8, 8, 8), reps=2, channels_last=channels_last) > 0
+
+
+def test_train_step_bench_counts_a_step_as_its_plain_and_r1_steps_weigh():
+    import train_step
+    r = train_step.bench('tiny', 'cpu', False, 'eager', 8, warmup=1, steps=2, threads=1)
+    assert r['gflop'] > 0 and r['batch'] == 8
+    # more images, proportionally more arithmetic (the tiny net's layers all scale with the batch)
+    r16 = train_step.bench('tiny', 'cpu', False, 'eager', 16, warmup=1, steps=2, threads=1)
+    assert r16['gflop'] == pytest.approx(2 * r['gflop'], rel=1e-6)

@@ -345,7 +345,7 @@ def main(args):
         train(root, rows, args.data_dir, args.jobs)
     score(root, [p for p in todo(root, args.n, args.ancestral_n) if p[0] in (*rows, SHIPPED)], args.data_dir,
           args.classifier, args.threads)             # the shipped run, the claims' yardstick, whatever --rows
-    command = 'python bench/fashion_curves.py ' + ' '.join(sys.argv[1:])
+    command = ('python bench/fashion_curves.py ' + ' '.join(sys.argv[1:])).replace(str(Path.home()), '~')
     write(root, collect(root, args.n, args.ancestral_n), args.n, args.ancestral_n, command)
     if args.publish:
         publish(root)

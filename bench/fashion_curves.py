@@ -248,16 +248,26 @@ def budget(step):
     return f'{step / BASE:g}x'
 
 
-def write(root, points, n, ancestral_n, command):
-    """curves.json (every point, with the command, date and machine that made them), curves.md (what
-    render_markdown makes of it) and curves.png in --root."""
+def floor_of(classifier, data_dir, n):
+    """What n real training images score against the test set, as a sample of n is scored (the floor of
+    every metric at this n), or None when the data set is neither on disk nor downloadable."""
+    try:
+        r = metrics.reference_scores(classifier, data_dir, n, progress=False, n_test=10_000)['floor']
+    except FileNotFoundError:
+        return None
+    return {key: r[key] for key, _, _ in METRICS}
+
+
+def write(root, points, n, ancestral_n, command, floor=None):
+    """curves.json (every point, with the command, date and machine that made them, and the floor at n),
+    curves.md (what render_markdown makes of it) and curves.png in --root."""
     results = dict(n=n, ancestral_n=ancestral_n, base_steps=BASE, batch=32, command=command,
-                   date=time.strftime('%Y-%m-%d'), machine=machine(), points=points)
+                   date=time.strftime('%Y-%m-%d'), machine=machine(), floor=floor, points=points)
     (root / 'curves.json').write_text(json.dumps(results, indent=2) + '\n')
     text = render_markdown(results)
     (root / 'curves.md').write_text(text)
     print(text)
-    figure(root / 'curves.png', points, n)
+    figure(root / 'curves.png', points, n, floor)
 
 
 def machine():
@@ -281,6 +291,10 @@ def render_table(results):
     """One line per point at BASE, 2 BASE and 4 BASE steps, and the line saying how they were made."""
     n, points = results['n'], results['points']
     lines = ['| model | budget (images) | sampler, NFE | FD | KID | precision | recall | rarest class |', '|---' * 8 + '|']
+    floor = results.get('floor')
+    if floor:
+        lines.append(f"| {n:,} real training images (the floor at this n) | | | {floor['fd']:.2f} | {floor['kid_mean']:.3f} | "
+                     f"{floor['precision']:.3f} | {floor['recall']:.3f} | |")
     for step in (BASE, 2 * BASE, 4 * BASE):
         for p in (p for p in points if p['step'] == step):
             own_n = '' if p['n'] == n else f" (n = {p['n']})"
@@ -292,9 +306,10 @@ def render_table(results):
     return '\n'.join(lines)
 
 
-def figure(path, points, n):
+def figure(path, points, n, floor=None):
     """FD, KID, precision and recall against images seen (log scale): a line per curve row (its chain, or
-    the DDPM's DDIM at each step count), the short rows as points."""
+    the DDPM's DDIM at each step count), the short rows as points, and a dashed line where real images
+    score at the same n."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -309,6 +324,8 @@ def figure(path, points, n):
             label = line[0]['label'] + (f', {sampler}' if sampler else '')
             style = 's--' if sampler else 'o-' if row in ROWS and ROWS[row][3] > BASE else 'D'
             ax.plot([p['images'] for p in line], [p[key] for p in line], style, ms=5, label=label)
+        if floor:
+            ax.axhline(floor[key], color='gray', ls='--', lw=1, label=f'real images (the floor at n = {n})')
         ax.set(xscale='log', yscale='log' if key == 'fd' else 'linear', xlabel='training images seen',
                ylabel=f"{name} (n = {n}, {'lower' if sign < 0 else 'higher'} is better)")
         ax.grid(True, which='both', alpha=0.3)
@@ -346,7 +363,8 @@ def main(args):
     score(root, [p for p in todo(root, args.n, args.ancestral_n) if p[0] in (*rows, SHIPPED)], args.data_dir,
           args.classifier, args.threads)             # the shipped run, the claims' yardstick, whatever --rows
     command = ('python bench/fashion_curves.py ' + ' '.join(sys.argv[1:])).replace(str(Path.home()), '~')
-    write(root, collect(root, args.n, args.ancestral_n), args.n, args.ancestral_n, command)
+    write(root, collect(root, args.n, args.ancestral_n), args.n, args.ancestral_n, command,
+          floor_of(args.classifier, args.data_dir, args.n))
     if args.publish:
         publish(root)
     print(f'done in {(time.time() - started) / 60:.0f} min')

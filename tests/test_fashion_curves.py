@@ -119,13 +119,15 @@ def test_a_snapshot_sampled_scored_and_written(tmp_path):
     assert p['fd'] == r['fd'] > 0 and p['recall'] == r['recall'] and r['ckpt'] == str(snap)
     assert fc.spread(points) == dict(fd=0.0, kid_mean=0.0, precision=0.0, recall=0.0)
     assert fc.todo(root, 20, 0) == []                  # scored once
-    fc.write(root, points, 20, 0, 'python bench/fashion_curves.py --n 20')
+    floor = dict(fd=0.5, kid_mean=-0.01, precision=0.86, recall=0.9)
+    fc.write(root, points, 20, 0, 'python bench/fashion_curves.py --n 20', floor)
     assert (root / 'curves.png').stat().st_size > 0
     assert json.loads((root / 'curves.json').read_text())['points'] == points
     text = (root / 'curves.md').read_text()
     assert '- K = 4 steps beat K = 1 (Table 3): not scored yet.' in text
     assert '| RGM-KLD-D, K = 4 | 1x (128,000) | chain, 4 | ' + f"{p['fd']:.2f} |" in text
     assert 'Made by `python bench/fashion_curves.py --n 20`' in text
+    assert '| 20 real training images (the floor at this n) | | | 0.50 | -0.010 | 0.860 | 0.900 | |' in text
 
 
 def test_too_few_samples_are_refused_before_any_work(tmp_path):

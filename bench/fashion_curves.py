@@ -336,6 +336,38 @@ def figure(path, points, n, floor=None):
     print(f'wrote {path}')
 
 
+# what --ship writes into checkpoints/: (row, step, file); the RGM model only if it beats the shipped one
+SHIP = (('kld_d', 16000, 'fashion_kld_d.pt'), (DDPM, 16000, 'fashion_ddpm_4x.pt'))
+
+
+def ship(root, n):
+    """Export the 16,000-step RGM-KLD-D (if it beats the shipped run at this n on KID and recall) and the
+    16,000-step DDPM into checkpoints/ (models.export_generator: EMA weights in fp16, the run's seconds per
+    step). Returns the paths written."""
+    import models
+    points, written = collect(root, n, 0), []
+    for row, step, name in SHIP:
+        ckpt = snapshots(root, row).get(step)
+        if ckpt is None:
+            print(f'--ship: {row} has no {step}-step checkpoint yet; skipped')
+            continue
+        if row == 'kld_d':
+            new, old = find(points, row, step), find(points, SHIPPED, BASE)
+            if new is None or old is None:
+                print(f'--ship: {row} at {step} steps or the shipped run is not scored at n = {n}; skipped')
+                continue
+            if not (new['kid_mean'] < old['kid_mean'] and new['recall'] > old['recall']):
+                print(f"--ship: {row} at {step} steps does not beat the shipped run on KID and recall "
+                      f"({new['kid_mean']:.3f} / {new['recall']:.3f} against {old['kid_mean']:.3f} / "
+                      f"{old['recall']:.3f}); kept the shipped one")
+                continue
+        path = ROOT / 'checkpoints' / name
+        models.export_generator(models.load_checkpoint(ckpt), path, seconds_per_step=seconds_per_step(root, row))
+        print(f'wrote {path} ({path.stat().st_size / 2**20:.2f} MB)')
+        written.append(path)
+    return written
+
+
 def publish(root):
     """Copy curves.json into results/ and curves.png into assets/, and render the docs' tables from them."""
     import shutil
@@ -367,6 +399,8 @@ def main(args):
           floor_of(args.classifier, args.data_dir, args.n))
     if args.publish:
         publish(root)
+    if args.ship:
+        ship(root, args.n)
     print(f'done in {(time.time() - started) / 60:.0f} min')
 
 
@@ -385,6 +419,8 @@ def build_parser():
     p.add_argument('--score-only', action='store_true', help='train nothing: score the snapshots on disk and write')
     p.add_argument('--publish', action='store_true', help='also copy curves.json to results/ and curves.png to assets/ '
                    'and render the docs from them (bench/render.py)')
+    p.add_argument('--ship', action='store_true', help='also export the 16,000-step RGM-KLD-D (if it beats the shipped '
+                   'one on KID and recall) and DDPM into checkpoints/')
     p.add_argument('--dry-run', action='store_true', help='print what is left and how long it would take')
     return p
 

@@ -135,3 +135,32 @@ def test_too_few_samples_are_refused_before_any_work(tmp_path):
                           '--n', '5'], capture_output=True, text=True)
     assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith('error: --n 5')
     assert not (tmp_path / 'r').exists()
+
+
+def test_ship_exports_the_rgm_model_only_when_it_beats_the_shipped_one(tmp_path, monkeypatch):
+    import models
+    root, repo = tmp_path / 'curves', tmp_path / 'repo'
+    (repo / 'checkpoints').mkdir(parents=True)
+    shipped = models.load_checkpoint(fc.ROOT / 'checkpoints' / 'fashion_kld_d.pt')
+    shipped['G_ema'] = {k: v.float() for k, v in shipped['G_ema'].items()}
+    shipped['step'] = 16000
+    snap = root / 'kld_d' / 'checkpoints' / 'ckpt_00016000.pt'
+    snap.parent.mkdir(parents=True)
+    models.save_checkpoint(shipped, snap)
+    scores = {}
+    monkeypatch.setattr(fc, 'ROOT', repo)
+    monkeypatch.setattr(fc, 'collect', lambda root, n, a: [dict(point('kld_d', 16000, 5, scores['kid'], 0.6, scores['recall'])),
+                                                           dict(point('kld_d', 4000, 9, 0.5, 0.6, 0.1), row=fc.SHIPPED)])
+    scores.update(kid=0.4, recall=0.05)                 # better KID, worse recall: the shipped one stays
+    assert fc.ship(root, 10) == [] and not (repo / 'checkpoints' / 'fashion_kld_d.pt').exists()
+    scores.update(kid=0.4, recall=0.2)
+    assert fc.ship(root, 10) == [repo / 'checkpoints' / 'fashion_kld_d.pt']
+    G, meta = models.load_generator(repo / 'checkpoints' / 'fashion_kld_d.pt')
+    assert models.load_checkpoint(repo / 'checkpoints' / 'fashion_kld_d.pt')['step'] == 16000
+    for name, v in G.state_dict().items():
+        assert torch_equal_half(v, shipped['G_ema'][name])
+
+
+def torch_equal_half(a, b):
+    """fp16 export: equal to the fp32 weights rounded to half precision."""
+    return bool((a == b.half().float()).all()) if a.is_floating_point() else bool((a == b).all())

@@ -688,11 +688,35 @@ def out_lock(out, master):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(f'--out {out!r} is in use by another training (it holds the folder\'s lock): '
-                               'wait for it to end, or choose another --out') from None
+            raise RuntimeError(f'--out {out!r} is in use by another training: {lock_holder(out)}') from None
         yield
     finally:
         os.close(fd)
+
+
+def lock_holder(out):
+    """Who holds the flock of folder `out`, and how to stop it: the process (pid, command) read from
+    /proc/locks on this machine, or a line saying it is not visible here. A torchrun launcher killed by
+    SIGKILL leaves its workers running (each in a session of its own), still holding the lock."""
+    st = os.stat(out)
+    key = f'{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}'
+    try:
+        with open('/proc/locks') as f:
+            pids = [int(line.split()[4]) for line in f if line.split()[1:2] == ['FLOCK'] and line.split()[5] == key]
+    except (OSError, IndexError, ValueError):
+        pids = []
+    if not pids:
+        return ('its lock is held by a process not visible here (another machine sharing this folder?): wait '
+                'for that run to end, or choose another --out')
+    pid = pids[0]
+    try:
+        with open(f'/proc/{pid}/cmdline', 'rb') as f:
+            command = f.read().replace(b'\0', b' ').decode(errors='replace').strip()
+    except OSError:
+        command = '?'
+    return (f'process {pid} on {os.uname().nodename} holds its lock ({command[:200]}). Wait for it to end, or, '
+            f'if its launcher is gone (torchrun killed by SIGKILL leaves its workers running), stop it and the '
+            f'other ranks of that run: kill {pid}; pgrep -af train_images.py lists them. Then --resume')
 
 
 def threads_note(threads):

@@ -330,6 +330,27 @@ def test_a_second_training_into_the_same_out_is_refused_while_the_first_runs(tmp
     assert ti.checkpoints(out / 'checkpoints')
 
 
+def test_a_held_folder_names_the_process_that_holds_it_and_how_to_stop_it(tmp_path):
+    """A worker left running by a torchrun launcher killed with SIGKILL keeps the folder's lock: the
+    refusal names its pid and command line (read from /proc/locks) and says how to stop it."""
+    import subprocess
+    out = tmp_path / 'run'
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, '-c', 'import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); '
+                               'fcntl.flock(fd, fcntl.LOCK_EX); print("held", flush=True); time.sleep(60)', str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        with pytest.raises(RuntimeError) as e:
+            ti.main(ti.parse_args(TINY + ['--max-steps', '2', '--out', str(out)]))
+        message = str(e.value)
+        assert f'process {holder.pid} on ' in message and f'kill {holder.pid}' in message and 'fcntl' in message
+        assert snapshot(out) == {}
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_weights_gone_non_finite_are_not_saved_although_the_losses_were_finite(tmp_path, monkeypatch):
     real_update = models.ema_update
 

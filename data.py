@@ -17,6 +17,7 @@ then the count, rows and columns as uint32, then count * rows * cols uint8 pixel
 order. Labels: magic 2049, the count, then one uint8 per label.
 """
 import gzip
+import io
 import os
 import urllib.error
 
@@ -210,6 +211,54 @@ class ImageFiles(torch.utils.data.Dataset):
         return self.transform(open_image(self.files[i], 'RGB')), 0
 
 
+_LMDB_ENVS = {}      # (process id, path) -> an open read-only handle: lmdb allows one per database and process
+
+
+def lmdb_env(path):
+    """The read-only handle of an LMDB database in this process (opened once per process: a data-loading
+    process forked from the trainer opens its own)."""
+    key = (os.getpid(), os.path.realpath(path))
+    if key not in _LMDB_ENVS:
+        try:
+            import lmdb
+        except ModuleNotFoundError:
+            raise ModuleNotFoundError('LSUN is read with the lmdb package: pip install lmdb '
+                                      '(it is in requirements.txt)') from None
+        try:
+            _LMDB_ENVS[key] = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False)
+        except lmdb.Error as e:
+            raise FileNotFoundError(f'{path!r} is not a readable LMDB database ({e})') from None
+    return _LMDB_ENVS[key]
+
+
+class LMDBImages(torch.utils.data.Dataset):
+    """The first `limit` images of an LMDB database in LSUN's format (each value an encoded image, WebP
+    for LSUN; the keys in the database's own sorted order, as torchvision's LSUN reader takes them), as
+    (image, 0). Read with the lmdb package, read-only; nothing is written anywhere (torchvision's reader
+    keeps its key list in a `_cache_*` file in the working folder, and reuses it for any database whose
+    path has the same letters)."""
+
+    def __init__(self, path, transform, limit=None):
+        self.path, self.transform = path, transform
+        with lmdb_env(path).begin(write=False) as txn:
+            keys = txn.cursor().iternext(keys=True, values=False)
+            self.keys = [key for key, _ in zip(keys, range(limit))] if limit else list(keys)
+        if not self.keys:
+            raise FileNotFoundError(f'{path!r} is an LMDB database without images')
+
+    def __len__(self):
+        return len(self.keys)
+
+    def __getitem__(self, i):
+        with lmdb_env(self.path).begin(write=False) as txn:
+            buf = txn.get(self.keys[i])
+        try:
+            image = open_image(io.BytesIO(buf), 'RGB')
+        except OSError as e:
+            raise OSError(f'{self.path}: cannot decode the image under key {self.keys[i]!r} ({e.__cause__})') from e
+        return self.transform(image), 0
+
+
 def cifar10(data_dir, train=True, transform=None, download=True):
     """torchvision's CIFAR-10 split, downloaded into data_dir when absent; offline, says what to fetch."""
     try:
@@ -234,10 +283,10 @@ def build_dataset(name, data_dir, image_size, fake_size=64, download=True):
     if name in ('celeba_hq', 'folder'):
         return ImageFiles(data_dir, tf)
     if name == 'lsun_church':
-        if not os.path.isdir(os.path.join(data_dir, 'church_outdoor_train_lmdb')):
+        path = os.path.join(data_dir, 'church_outdoor_train_lmdb')
+        if not os.path.isdir(path):
             raise FileNotFoundError(f'--data-dir {data_dir!r} has no church_outdoor_train_lmdb folder (LSUN)')
-        lsun = torchvision.datasets.LSUN(data_dir, classes=['church_outdoor_train'], transform=tf)
-        return torch.utils.data.Subset(lsun, range(min(len(lsun), 120_000)))     # the authors' first 120k
+        return LMDBImages(path, tf, limit=120_000)          # the authors' first 120k
     if name == 'fake':
         return torchvision.datasets.FakeData(fake_size, (3, image_size, image_size), num_classes=1, transform=tf)
     raise ValueError(f'unknown data set {name!r}: choose one of {DATASETS}')

@@ -282,6 +282,17 @@ def render_markdown(results):
     return render_table(results) + '\nClaims, by budget and metric:\n' + render_claims(results)
 
 
+def render_status(results):
+    """Where the ladder stands: each row's scored snapshots, in thousands of steps, or 'not yet'."""
+    lines = []
+    for row, (label, _, _, steps) in ROWS.items():
+        done = sorted({p['step'] for p in results['points'] if p['row'] == row})
+        rungs = [s for s in RUNGS if s <= steps]
+        lines.append(f"- {label}: " + (f"{', '.join(f'{s // 1000}k' for s in done)} of {', '.join(f'{s // 1000}k' for s in rungs)} steps scored"
+                                       if done else 'not scored yet'))
+    return '\n'.join(lines) + '\n'
+
+
 def render_claims(results):
     """The claims' lines (claim_lines) as markdown."""
     return '\n'.join(claim_lines(results['points'])) + '\n'

@@ -164,3 +164,12 @@ def test_ship_exports_the_rgm_model_only_when_it_beats_the_shipped_one(tmp_path,
 def torch_equal_half(a, b):
     """fp16 export: equal to the fp32 weights rounded to half precision."""
     return bool((a == b.half().float()).all()) if a.is_floating_point() else bool((a == b).all())
+
+
+def test_the_status_lists_each_rows_scored_snapshots():
+    results = dict(points=[point('kld_d', 1000, 1, 1, 1, 1), point('kld_d', 4000, 1, 1, 1, 1),
+                           point('kld_d_lam3e-3', 4000, 1, 1, 1, 1)])
+    lines = fc.render_status(results).splitlines()
+    assert lines[0] == '- RGM-KLD-D, K = 4: 1k, 4k of 1k, 2k, 4k, 8k, 16k steps scored'
+    assert '- RGM-KLD-D, lambda = 3e-3: 4k of 1k, 2k, 4k steps scored' in lines
+    assert '- MMSE, K = 4 (same network without z): not scored yet' in lines and len(lines) == len(fc.ROWS)

@@ -282,6 +282,21 @@ def render_markdown(results):
     return render_table(results) + '\nClaims, by budget and metric:\n' + render_claims(results)
 
 
+def render_short(results):
+    """The README's view: FD and recall of each curve row (the DDPM by DDIM at 25 steps) at 1x, 2x and 4x."""
+    budgets = (BASE, 2 * BASE, 4 * BASE)
+    lines = ['| model (n = %d) | %s |' % (results['n'], ' | '.join(f'{budget(s)}: FD / recall' for s in budgets)),
+             '|---' * (len(budgets) + 1) + '|']
+    for row, sampler in [(row, 'DDIM 25' if row == DDPM else None) for row, r in ROWS.items() if r[3] > BASE]:
+        cells = []
+        for step in budgets:
+            p = find(results['points'], row, step, sampler)
+            cells.append('' if p is None else f"{p['fd']:.2f} / {p['recall']:.3f}")
+        if any(cells):
+            lines.append(f"| {ROWS[row][0]}{', DDIM 25 steps' if sampler else ''} | {' | '.join(cells)} |")
+    return '\n'.join(lines) + '\n'
+
+
 def render_status(results):
     """Where the ladder stands: each row's scored snapshots, in thousands of steps, or 'not yet'."""
     lines = []

@@ -38,6 +38,7 @@ RENDERERS = {
     'fashion_curves_table': ('results/fashion_curves.json', _curves('render_table')),
     'fashion_curves_claims': ('results/fashion_curves.json', _curves('render_claims')),
     'fashion_curves_status': ('results/fashion_curves.json', _curves('render_status')),
+    'fashion_curves_short': ('results/fashion_curves.json', _curves('render_short')),
 }
 
 

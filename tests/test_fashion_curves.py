@@ -173,3 +173,15 @@ def test_the_status_lists_each_rows_scored_snapshots():
     assert lines[0] == '- RGM-KLD-D, K = 4: 1k, 4k of 1k, 2k, 4k, 8k, 16k steps scored'
     assert '- RGM-KLD-D, lambda = 3e-3: 4k of 1k, 2k, 4k steps scored' in lines
     assert '- MMSE, K = 4 (same network without z): not scored yet' in lines and len(lines) == len(fc.ROWS)
+
+
+def test_the_short_view_shows_fd_and_recall_of_the_curve_rows_at_1x_2x_4x():
+    results = dict(n=10, points=[point('kld_d', 4000, 9.234, 1, 1, 0.1194), point('kld_d', 16000, 2, 1, 1, 0.5),
+                                 point('kld_d', 1000, 50, 1, 1, 0),                      # below 1x: not shown
+                                 point(fc.DDPM, 16000, 3, 1, 1, 0.7, sampler='DDIM 25'),
+                                 point(fc.DDPM, 16000, 30, 1, 1, 0.1, sampler='DDIM 4'),
+                                 point('kld_d_lam3e-3', 4000, 5, 1, 1, 0.2)])           # a 4,000-step row
+    lines = fc.render_short(results).splitlines()
+    assert lines[0] == '| model (n = 10) | 1x: FD / recall | 2x: FD / recall | 4x: FD / recall |'
+    assert lines[2] == '| RGM-KLD-D, K = 4 | 9.23 / 0.119 |  | 2.00 / 0.500 |'
+    assert lines[3] == '| DDPM, same network, DDIM 25 steps |  |  | 3.00 / 0.700 |' and len(lines) == 4

@@ -545,6 +545,9 @@ def load_samples(path):
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 
+FASHION_TEST_SIZE = 10_000
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--classifier', default=DEFAULT_CLASSIFIER, help='cached classifier (trained there if absent)')
@@ -553,8 +556,8 @@ def main():
     p.add_argument('--samples', nargs='+', help='samples.npz files written by sample.py --format npz: print their '
                    'scores (FD, KID, precision / recall, class shares, mean pixel) as JSON instead')
     args = p.parse_args()
-    if args.n < 2:
-        p.error(f'--n must be at least 2, got {args.n}')
+    if not 2 <= args.n <= FASHION_TEST_SIZE:         # the test split is the smaller side of the floor
+        p.error(f'--n must lie in 2..{FASHION_TEST_SIZE:,} (the Fashion-MNIST test images), got {args.n}')
     if args.samples:
         sets = [load_samples(path) for path in args.samples]     # every file checked before any scoring
         net, _, _ = get_classifier(args.classifier, args.data_dir)

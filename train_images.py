@@ -410,6 +410,8 @@ class Setup:
 
 def configure(args, world_size, device):
     """Check the flags against each other and build the Setup (nothing is read or written)."""
+    if args.resume and args.overwrite:
+        raise ValueError('--resume continues the run in --out and --overwrite starts it over: give one of them')
     net = models.CONFIGS[args.net]
     image_size = args.image_size or net['G']['image_size']
     G_kwargs = {key: list(v) if isinstance(v, tuple) else v for key, v in net['G'].items()}
@@ -757,6 +759,9 @@ def run_training(args, rank, world_size, device, master, setup, run, restart):
                 dataset=args.dataset)
     config = dict(vars(args), world_size=world_size, local_batch=setup.local_batch, steps_per_epoch=steps_per_epoch)
     start_step = resume_from(nets, run, resume_path, meta, setup, args.batch_size) if resume_path else 0
+    if start_step >= args.max_steps and not int(restart):   # before config.json and the log are rewritten
+        raise ValueError(f'--resume: {resume_path} is at step {start_step}, so --max-steps {args.max_steps} leaves '
+                         'nothing to train: give a larger --max-steps')
     G_train, critic_views = wrap(nets, args, device)
     autocast = bf16_autocast(device, args.amp)
     shared = torch.Generator(device)                    # same draws on every rank

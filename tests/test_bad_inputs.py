@@ -351,6 +351,31 @@ def test_a_held_folder_names_the_process_that_holds_it_and_how_to_stop_it(tmp_pa
         holder.wait()
 
 
+def test_resume_refuses_overwrite_and_a_max_steps_it_has_passed_before_any_write(tmp_path):
+    out = tmp_path / 'run'
+    ti.main(ti.parse_args(TINY + ['--max-steps', '4', '--ckpt-every', '2', '--out', str(out)]))
+    before = {p: p.read_bytes() for p in out.rglob('*') if p.is_file()}
+    with pytest.raises(ValueError, match='give one of them'):
+        ti.main(ti.parse_args(TINY + ['--max-steps', '6', '--resume', '--overwrite', '--out', str(out)]))
+    for steps in ('2', '4'):                    # behind the run, or where it ended: nothing to train
+        with pytest.raises(ValueError, match=f'at step 4, so --max-steps {steps} leaves nothing to train'):
+            ti.main(ti.parse_args(TINY + ['--max-steps', steps, '--resume', '--out', str(out)]))
+    assert {p: p.read_bytes() for p in out.rglob('*') if p.is_file()} == before      # config.json and log kept
+    ti.main(ti.parse_args(TINY + ['--max-steps', '6', '--ckpt-every', '2', '--resume', '--out', str(out)]))
+    assert max(ti.checkpoints(out / 'checkpoints')) == 6
+
+
+@pytest.mark.parametrize('n', ['10001', '1'])
+def test_metrics_floor_takes_at_most_the_test_split(n, monkeypatch, capsys):
+    """The floor compares n training with n test images: there are 10,000 test images, so 10,001 was
+    scored on 10,000 while it said 10,001."""
+    import metrics
+    monkeypatch.setattr(sys, 'argv', ['metrics.py', '--n', n])
+    with pytest.raises(SystemExit) as e:
+        metrics.main()
+    assert e.value.code == 2 and '--n must lie in 2..10,000 (the Fashion-MNIST test images)' in capsys.readouterr().err
+
+
 def test_weights_gone_non_finite_are_not_saved_although_the_losses_were_finite(tmp_path, monkeypatch):
     real_update = models.ema_update
 

@@ -24,7 +24,7 @@ import urllib.error
 import numpy as np
 import torch
 import torchvision
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import transforms
 
 FASHION_SYSTEM_DIR = '/usr/share/datasets/fashion-mnist'
@@ -124,10 +124,12 @@ def open_image(path, mode=None):
     """An image file as an 8-bit PIL image: mode 'RGB' or 'L', or None for 'L' when the file is gray
     and 'RGB' otherwise (palette and alpha images are read as RGB, alpha dropped). 16-bit gray files
     (PIL modes I;16*, and I, which is how PIL opens 16-bit PNGs) are scaled by 255 / 65535, not
-    clipped at 255. A file that cannot be decoded raises an OSError naming it."""
+    clipped at 255. An EXIF orientation (a camera's rotated JPEG) is applied, so the image is upright
+    as a viewer shows it. A file that cannot be decoded raises an OSError naming it."""
     try:
         with Image.open(path) as im:
             im.load()
+            im = ImageOps.exif_transpose(im)        # as a viewer shows it: a camera's EXIF orientation applied
             if im.mode == 'F':
                 raise OSError('floating-point images are not supported: save it as 8- or 16-bit')
             if im.mode.startswith('I'):                            # 16-bit gray

@@ -380,7 +380,7 @@ def check_args(args):
                              'choice: drop --split test')
         if args.observed or args.return_iterate != 'x':
             raise ValueError('--tune restores clean training images it degrades itself, returning x')
-        args.split, args.task = 'train', args.task or TUNE_TASKS
+        args.split, args.task, args.J = 'train', args.task or TUNE_TASKS, args.J[0] if args.J else 1
         args.sigma_y = 25.0 if args.sigma_y is None else args.sigma_y
         if args.sigma_y <= 0 and 'denoise' in args.task:
             raise ValueError('--task denoise needs noise to remove: give --sigma-y > 0 (default 25)')
@@ -488,36 +488,38 @@ def mean_scores(x, images):
     return psnr(x, truth).mean().item(), ssim(x, truth).mean().item()
 
 
-def evaluate(G, meta, schedule, op, y, images, settings, seed=0):
-    """Mean PSNR and SSIM of RGM-DRS restoring y for one setting (J = 1)."""
+def evaluate(G, meta, schedule, op, y, images, settings, seed=0, J=1):
+    """Mean PSNR and SSIM of RGM-DRS restoring y for one setting, J levels per iteration."""
     denoise = rgm_denoiser(G, schedule, meta['nz'], generator=torch.Generator(images.device).manual_seed(seed))
-    return mean_scores(drs(y, op, denoise, J=1, **settings), images)
+    return mean_scores(drs(y, op, denoise, J=J, **settings), images)
 
 
 def tune(args, G, meta):
     """For each task, pnp.drs on the first --n training images over the grid --M x --lam x --alpha
-    (J = 1, as Table 6 for 32 px images): a table of the --show settings of highest mean PSNR, best
+    (at --J levels per iteration, default 1 as Table 6 for 32 px images): a table of the --show settings of highest mean PSNR, best
     first, beside the Table 6 setting and the baselines, then the flags of the best setting. Returns
     {task: the best setting with its mean PSNR and SSIM}."""
     schedule = schedules.schedule_of(meta, args.device)
+    if args.J > schedule.K:
+        raise ValueError(f"--J {args.J} exceeds the checkpoint's K = {schedule.K} (levels per iteration, J..1)")
     images = torch.stack([image for _, image in data.load_images(args.dataset, args.data_dir, 'train', args.n)])
     images = images.to(args.device)
     if images.shape[1] != meta['channels']:
         raise ValueError(f"{args.dataset} has {images.shape[1]}-channel images, {args.ckpt} makes "
                          f"{meta['channels']}-channel ones")
     grid = list(itertools.product(args.M, args.lam, args.alpha))
-    print(f'{args.ckpt}: {len(images)} training images of {args.dataset}, {len(grid)} settings per task')
+    print(f'{args.ckpt}: {len(images)} training images of {args.dataset}, {len(grid)} settings per task, J = {args.J}')
     best = {}
     for task in args.task:
         sigma_y = args.sigma_y if task == 'denoise' else 0.0
         tic, rows = time.perf_counter(), []
         op, y = observe(task, images, sigma_y, args.seed)
         for M, lam, alpha in grid:
-            p, s = evaluate(G, meta, schedule, op, y, images, dict(M=M, lam=lam, alpha=alpha), args.seed)
+            p, s = evaluate(G, meta, schedule, op, y, images, dict(M=M, lam=lam, alpha=alpha), args.seed, args.J)
             rows.append((p, s, M, lam, alpha))
         rows.sort(key=lambda row: row[0] if math.isfinite(row[0]) else -math.inf, reverse=True)   # NaN last
         table6 = {k: v for k, v in paper_settings(task, meta['image_size'])[0].items() if k != 'J'}
-        paper = evaluate(G, meta, schedule, op, y, images, table6, args.seed)
+        paper = evaluate(G, meta, schedule, op, y, images, table6, args.seed, args.J)
         others = ', '.join(f'{name} {mean_scores(x, images)[0]:.2f}' for name, x in baselines(y, op).items())
         print(f'\n{task} (sigma_y {sigma_y}): {time.perf_counter() - tic:.0f} s; Table 6 setting {table6}: '
               f'PSNR {paper[0]:.2f}; baselines: {others}\n')
@@ -528,8 +530,8 @@ def tune(args, G, meta):
         if not math.isfinite(p):
             raise FloatingPointError(f'{task}: every setting gives a non-finite PSNR: the generator or the '
                                      'settings are broken, no setting is recommended')
-        print(f'\nbest: --M {M} --lam {lam:g} --alpha {alpha:g}', flush=True)
-        best[task] = dict(M=M, lam=lam, alpha=alpha, psnr=p, ssim=s)
+        print(f'\nbest: --M {M} --lam {lam:g} --alpha {alpha:g} --J {args.J}', flush=True)
+        best[task] = dict(M=M, lam=lam, alpha=alpha, J=args.J, psnr=p, ssim=s)
     return best
 
 
@@ -573,7 +575,7 @@ def build_parser():
     g = parser.add_argument_group('DRS settings (one value each; with --tune, the grid to search)')
     g.add_argument('--M', type=cli.positive_int, nargs='+',
                    help=f'DRS iterations (default: Table 6; --tune: {" ".join(map(str, TUNE_GRID["M"]))})')
-    g.add_argument('--J', type=cli.positive_int, nargs=1, help='levels per iteration, J..1 (default: Table 6; --tune: 1)')
+    g.add_argument('--J', type=cli.positive_int, nargs=1, help='levels per iteration, J..1, at most K (default: Table 6; --tune: 1, not searched)')
     g.add_argument('--alpha', type=relaxation, nargs='+',
                    help=f'denoiser relaxation in (0, 1] (default: Table 6; --tune: {" ".join(map(str, TUNE_GRID["alpha"]))})')
     g.add_argument('--lam', type=cli.positive_float, nargs='+',

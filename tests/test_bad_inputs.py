@@ -444,6 +444,23 @@ def test_pnp_tune_refuses_the_test_split_and_one_value_flags_take_one(capsys):
                                                       '--M', '5', '10']))
 
 
+def test_pnp_tune_uses_the_j_it_is_given_and_checks_it_against_k(ckpt, monkeypatch):
+    """--tune --J 9 used to tune at J = 1 and never compared J with the model's K."""
+    common = ['--tune', '--ckpt', str(ckpt), '--no-ema', '--dataset', 'fashion_mnist', '--task', 'sr2', '--n', '2',
+              '--M', '1', '--lam', '0.1', '--alpha', '0.5', '--device', 'cpu']
+    loaded = []
+    monkeypatch.setattr(pnp.data, 'load_images', lambda *a, **k: loaded.append(1) or
+                        [(f'{i}', torch.rand(3, 32, 32) * 2 - 1) for i in range(2)])
+    with pytest.raises(ValueError, match="--J 9 exceeds the checkpoint's K = 4"):
+        pnp.main(pnp.build_parser().parse_args(common + ['--J', '9']))
+    assert loaded == []                                             # refused before any image is read
+    used = []
+    real_drs = pnp.drs
+    monkeypatch.setattr(pnp, 'drs', lambda *a, J=1, **k: used.append(J) or real_drs(*a, J=J, **k))
+    best = pnp.main(pnp.build_parser().parse_args(common + ['--J', '2']))
+    assert set(used) == {2} and best['sr2']['J'] == 2
+
+
 def test_an_authors_file_without_authors_config_names_the_flag(tmp_path):
     torch.manual_seed(0)
     G, _ = models.build_networks('tiny')

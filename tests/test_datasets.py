@@ -121,3 +121,20 @@ def test_a_celeba_hq_style_folder_of_jpegs_trains(tmp_path):
                            '--image-size', '16', '--batch-size', '4', '--max-steps', '2', '--device', 'cpu',
                            '--out', str(out)]))
     assert ti.checkpoints(out / 'checkpoints')
+
+
+@pytest.mark.parametrize('fmt', ['PNG', 'JPEG'])
+def test_an_exif_orientation_is_applied_as_a_viewer_shows_the_image(tmp_path, fmt):
+    """A phone's JPEG stores its pixels unrotated with an EXIF orientation (6: turn 90 degrees clockwise
+    to view); pnp.py restored such an image sideways."""
+    pixels = np.zeros((8, 12, 3), dtype=np.uint8)
+    pixels[:, :3] = 255                                       # a white band on the stored image's left
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / f'phone.{fmt.lower()}'
+    Image.fromarray(pixels).save(path, format=fmt, exif=exif, **({'quality': 100} if fmt == 'JPEG' else {}))
+    shown = np.asarray(data.open_image(path, 'RGB')).astype(int)
+    assert shown.shape == (12, 8, 3)                          # upright: taller than wide
+    expected = np.rot90(pixels, k=-1).astype(int)             # turned clockwise: the band at the top
+    assert np.abs(shown - expected).max() <= (0 if fmt == 'PNG' else 40)
+    assert shown[:3].mean() > 200 and shown[4:].mean() < 60

@@ -56,7 +56,7 @@ DIFFUSION_ROWS = ('ddpm', 'ddpm_4x')
 SAMPLERS = (4, 7, 10, 25, 50, 100, 1000)
 RGM_POINTS = ('kld_d', 'kld_sr')        # the RGM rows drawn beside the diffusion rows
 NFE_N = 500     # samples per point there: ancestral sampling (1000 NFE) costs about 3 s an image on 2 cores
-REAL_ROWS = {'floor': '10,000 training images (the floor)', 'blur3': 'training images, 3x3 box blur',
+REAL_ROWS = {'floor': 'training images (the floor)', 'blur3': 'training images, 3x3 box blur',
              'blur5': 'training images, 5x5 box blur'}
 ROWS = {**REAL_ROWS, **{name: row[0] for name, row in MODEL_ROWS.items()}}
 SEEDED_ROW = 'kld_d'            # scored over three sampling seeds: how much of a difference is noise
@@ -168,19 +168,30 @@ def eval_dir(root, row, n, seed, sampler=None):
     return root / row / f'eval_n{n}_seed{seed}{tail}'
 
 
+def cached(root, row, n, seed, sampler=None, shipped=False):
+    """The row's metrics.json at this n, seed and sampler if it was scored from the weights the row has now
+    (the same file, not rewritten since) and, for a DDPM, with x0 clamped as sample.py now samples; else
+    None: the row is sampled and scored again."""
+    path, ckpt = eval_dir(root, row, n, seed, sampler) / 'metrics.json', weights(root, row, shipped)
+    if not path.is_file() or ckpt is None:
+        return None
+    r = json.loads(path.read_text())
+    same = Path(r.get('ckpt', '')) == ckpt and ckpt.stat().st_mtime <= path.stat().st_mtime
+    return r if same and (row not in DIFFUSION_ROWS or r.get('clip_x0')) else None
+
+
 def score(root, row, seed, n, data_dir, classifier, shipped=False, sampler=None, threads=0):
     """sample.py on the row's generator (weights()), on `threads` CPU threads (0: torch's default): its
-    metrics.json (sampled and scored once per n, seed and sampler). The samples stay beside it
+    metrics.json (sampled and scored again only when `cached` has none). The samples stay beside it
     (samples.npz), to be scored again without sampling."""
     out = eval_dir(root, row, n, seed, sampler)
-    path = out / 'metrics.json'
-    if not path.is_file():
+    if cached(root, row, n, seed, sampler, shipped) is None:
         steps = [] if sampler in (None, 1000) else ['--steps', str(sampler)]
         run([sys.executable, 'sample.py', '--ckpt', str(weights(root, row, shipped)), '--n', str(n),
              '--batch-size', str(BATCH), '--seed', str(seed), '--data-dir', data_dir, '--classifier', classifier,
              '--format', 'npz', *steps, '--threads', str(threads), '--out', str(out), '--overwrite'],
             root / f'{row}.sample.log')
-    return json.loads(path.read_text())
+    return json.loads((out / 'metrics.json').read_text())
 
 
 BATCH = 500     # sampling batch: every ms / image of the tables is measured at this batch
@@ -198,9 +209,10 @@ def evaluations(row, n, nfe_n, seeds, diffusion, samplers=SAMPLERS):
     return todo
 
 
-def estimate(root, rows, n, seeds, nfe_n=None, shipped=False, samplers=SAMPLERS, jobs=1):
-    """(lines, seconds) of what is left to do; with jobs > 1 the trainings run that many at a time."""
-    lines, total, training = [], 0.0, 0.0
+def estimate(root, rows, n, seeds, nfe_n=None, shipped=False, samplers=SAMPLERS, jobs=1, pnp=False):
+    """(lines, seconds) of what is left to do. With jobs > 1 and two rows or more to train, they run side by
+    side, as many at a time as jobs, cores and rows allow (more processes than cores gain nothing)."""
+    lines, total, training, to_train = [], 0.0, 0.0, 0
     diffusion = any(row in DIFFUSION_ROWS for row in rows)
     for row in rows:
         if row in REAL_ROWS:
@@ -211,17 +223,20 @@ def estimate(root, rows, n, seeds, nfe_n=None, shipped=False, samplers=SAMPLERS,
         ready = weights(root, row, shipped)
         left = 0 if ready else (cfg.max_steps - done) * per_step
         todo = [e for e in evaluations(row, n, nfe_n or n, seeds, diffusion, samplers)
-                if not (eval_dir(root, row, e[0], e[1], e[2]) / 'metrics.json').is_file()]
+                if cached(root, row, e[0], e[1], e[2], shipped) is None]
         sampling = sum(m * nfe * SAMPLE_SECONDS_PER_NFE for m, _, _, nfe in todo)
-        total, training = total + sampling, training + left
+        total, training, to_train = total + sampling, training + left, to_train + (left > 0)
         state = ('trained' if final_checkpoint(root, row) else 'shipped weights' if ready
                  else f'step {done} of {cfg.max_steps}')
         what = ', '.join(f'{m} at NFE {nfe}' for m, _, _, nfe in todo) or 'nothing'
         lines.append(f'{row:11s} {state:22s} train {left / 60:5.0f} min, sample {sampling / 60:4.0f} min ({what})')
-    if jobs > 1 and training:
-        lines.append(f'trainings {jobs} at a time: {training / 60:.0f} min of training take about '
-                     f'{training * SIDE_BY_SIDE / jobs / 60:.0f}')
-        training *= SIDE_BY_SIDE / jobs
+    lanes = min(jobs, os.cpu_count() or 1, to_train)
+    if lanes > 1:
+        lines.append(f'trainings {lanes} at a time: {training / 60:.0f} min of training take about '
+                     f'{training * SIDE_BY_SIDE / lanes / 60:.0f}')
+        training *= SIDE_BY_SIDE / lanes
+    if pnp:
+        lines.append('plug-and-play (--pnp): not in this estimate')
     return lines, total + training
 
 
@@ -259,7 +274,7 @@ def main(args):
     root, rows = Path(args.root), args.rows or list(ROWS)
     seeds = {row: [0, 1, 2] if row == SEEDED_ROW else [0] for row in rows}
     diffusion = any(row in DIFFUSION_ROWS for row in rows)
-    lines, total = estimate(root, rows, args.n, seeds, args.nfe_n, args.shipped, args.samplers, args.jobs)
+    lines, total = estimate(root, rows, args.n, seeds, args.nfe_n, args.shipped, args.samplers, args.jobs, args.pnp)
     print(f'{len(rows)} rows in {root}, n = {args.n}' + (f', diffusion comparison at n = {args.nfe_n}' if diffusion
           else '') + f'; about {total / 3600:.1f} hours left on a 2-core CPU:')
     print('\n'.join('  ' + line for line in lines))
@@ -287,13 +302,14 @@ def main(args):
                 points[row, sampler] = r
         if row in DIFFUSION_ROWS:       # its samplers scored at this n by an earlier run: in the comparison too
             for sampler in SAMPLERS:
-                done = eval_dir(root, row, args.nfe_n, 0, sampler) / 'metrics.json'
-                if (row, sampler) not in points and done.is_file():
-                    points[row, sampler] = json.loads(done.read_text())
+                done = cached(root, row, args.nfe_n, 0, sampler, args.shipped)
+                if (row, sampler) not in points and done is not None:
+                    points[row, sampler] = done
     if args.train_only:
         return
     if any(row in REAL_ROWS for row in rows):
-        real = metrics.reference_scores(args.classifier, args.data_dir, args.n)   # the floor, blurred images
+        # the floor and the blurred images: n training images against all 10,000 test images, as samples are
+        real = metrics.reference_scores(args.classifier, args.data_dir, args.n, n_test=10_000)
         results.update({row: [real[row]] for row in rows if row in REAL_ROWS})
     minutes = {row: train_minutes(root, row, args.shipped) for row in rows if row in MODEL_ROWS}
     ordered = [row for row in ROWS if row in rows]              # the table's order, whatever the run's
@@ -361,6 +377,9 @@ def table_line(r):
 
 def write_table(root, rows, results, n, minutes=None):
     table = [summarise(row, results[row], (minutes or {}).get(row)) for row in rows]
+    for r in table:
+        if r['row'] == 'floor':                         # n training images, as many as each row's samples
+            r['label'] = f'{n:,} training images (the floor)'
     lines = [HEADER, '|---' * HEADER.count(' | ') + '|---|'] + [table_line(r) for r in table]
     ref = next((r['reference_mean_pixel'] for r in table if r['reference_mean_pixel'] is not None), None)
     if ref is not None:
@@ -625,4 +644,7 @@ if __name__ == '__main__':
         p.error('--n and --nfe-n must be at least 2')
     if args.jobs < 1:
         p.error(f'--jobs must be at least 1, got {args.jobs}')
+    repeated = sorted({row for row in args.rows or [] if args.rows.count(row) > 1})
+    if repeated:                    # one sampling would be reported as two seeds, a training timed twice
+        p.error(f"--rows names {', '.join(repeated)} more than once")
     main(args)

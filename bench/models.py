@@ -70,4 +70,7 @@ if __name__ == '__main__':
     parser.add_argument('--reps', type=cli.positive_int, default=3, help='timed repetitions (median) after one warm-up')
     parser.add_argument('--threads', type=cli.nonnegative_int, default=1,
                         help='CPU threads; 1 gives steady numbers on a shared machine, 0 keeps torch\'s default')
-    main(parser.parse_args())
+    args = parser.parse_args()
+    if len(args.batch) not in (1, len(args.configs)):     # zip() would drop the extra ones silently
+        parser.error(f'--batch takes one size, or one per config ({len(args.configs)}), got {len(args.batch)}')
+    main(args)

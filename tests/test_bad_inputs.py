@@ -110,6 +110,14 @@ BENCH_ERRORS = [
 ]
 
 
+def test_bench_models_refuses_more_batch_sizes_than_configs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, 'path', [str(BENCH), *sys.path])
+    monkeypatch.setattr(sys, 'argv', [str(BENCH / 'models.py'), '--configs', 'tiny', 'fashion', '--batch', '1', '2', '3'])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(BENCH / 'models.py'), run_name='__main__')
+    assert e.value.code == 2 and 'one per config (2), got 3' in capsys.readouterr().err
+
+
 @pytest.mark.parametrize('script, argv, flag', BENCH_ERRORS, ids=[f'{s} {a[-2]} {a[-1]}' for s, a, _ in BENCH_ERRORS])
 def test_bench_scripts_refuse_bad_counts_at_parsing(script, argv, flag, tmp_path, monkeypatch, capsys):
     """`python bench/<script> ...` run in this process (runpy, as __main__): exit 2 with one error line that

@@ -179,3 +179,51 @@ def test_image_lines_draws_one_labelled_line_per_entry(tmp_path):
     ft.image_lines(tmp_path / 'three.png', [('a', images), ('b', images), ('c', images)])
     heights = [Image.open(tmp_path / f'{name}.png').size[1] for name in ('one', 'three')]
     assert heights[1] > 2 * heights[0]
+
+
+def test_side_by_side_only_for_two_rows_or_more_and_no_more_lanes_than_cores(tmp_path, monkeypatch):
+    monkeypatch.setattr(ft.os, 'cpu_count', lambda: 2)
+    seeds = {'kld_d_k1': [0], 'kld_d_nz0': [0], 'kld_d_post': [0]}
+    _, alone = ft.estimate(tmp_path, ['kld_d_k1'], n=100, seeds=seeds)
+    _, one_row = ft.estimate(tmp_path, ['kld_d_k1'], n=100, seeds=seeds, jobs=2)
+    assert one_row == alone                                  # one row left: nothing runs beside it
+    _, two = ft.estimate(tmp_path, ['kld_d_k1', 'kld_d_nz0', 'kld_d_post'], n=100, seeds=seeds, jobs=2)
+    lines, three = ft.estimate(tmp_path, ['kld_d_k1', 'kld_d_nz0', 'kld_d_post'], n=100, seeds=seeds, jobs=3, pnp=True)
+    assert three == two and 'trainings 2 at a time' in '\n'.join(lines)      # 2 cores: 2 lanes, not 3
+    assert lines[-1] == 'plug-and-play (--pnp): not in this estimate'
+
+
+def test_scores_count_only_for_the_weights_the_row_has_now(tmp_path):
+    """A row scored from the shipped weights, then trained in the same root: the old scores are not
+    the new weights' (they were reported with the new grid); a DDPM's unclamped scores are redone."""
+    shipped = ft.ROOT / 'checkpoints' / 'fashion_kld_d.pt'
+    out = ft.eval_dir(tmp_path, 'kld_d', 100, 0)
+    out.mkdir(parents=True)
+    (out / 'metrics.json').write_text(json.dumps(dict(ckpt=str(shipped), fd=65.78)))
+    assert ft.cached(tmp_path, 'kld_d', 100, 0, shipped=True)['fd'] == 65.78
+    assert ft.cached(tmp_path, 'kld_d', 100, 0, shipped=False) is None          # no weights: nothing counts
+    final = tmp_path / 'kld_d' / 'checkpoints' / 'ckpt_00004000.pt'
+    final.parent.mkdir(parents=True)
+    final.write_bytes(b'trained')
+    assert ft.cached(tmp_path, 'kld_d', 100, 0, shipped=True) is None           # the row's own run now
+    ddpm = ft.ROOT / 'checkpoints' / 'fashion_ddpm.pt'
+    out = ft.eval_dir(tmp_path, 'ddpm', 100, 0, 10)
+    out.mkdir(parents=True)
+    (out / 'metrics.json').write_text(json.dumps(dict(ckpt=str(ddpm), fd=38.93)))
+    assert ft.cached(tmp_path, 'ddpm', 100, 0, 10, shipped=True) is None        # sampled unclamped
+    (out / 'metrics.json').write_text(json.dumps(dict(ckpt=str(ddpm), fd=36.62, clip_x0=True)))
+    assert ft.cached(tmp_path, 'ddpm', 100, 0, 10, shipped=True)['fd'] == 36.62
+
+
+def test_a_row_named_twice_is_refused(tmp_path):
+    import subprocess
+    out = subprocess.run([sys.executable, str(ft.ROOT / 'bench' / 'fashion_table.py'), '--rows', 'mmse_d', 'mmse_d',
+                          '--dry-run', '--root', str(tmp_path / 'r')], capture_output=True, text=True)
+    assert out.returncode == 2 and 'error: --rows names mmse_d more than once' in out.stderr
+
+
+def test_the_floor_is_labelled_with_the_n_it_was_scored_at(tmp_path):
+    shares = {'Bag': 0.1, 'Shirt': 0.9}
+    floor = dict(fd=0.5, kid_mean=0.0, precision=0.9, recall=0.9, mean_pixel=56.0, n=500, class_shares=shares)
+    ft.write_table(tmp_path, ['floor'], {'floor': [floor]}, 500)
+    assert '| 500 training images (the floor) |' in (tmp_path / 'table.md').read_text()

@@ -109,3 +109,16 @@ def test_no_checkpoint_holds_nan_weights_when_checkpoints_fall_between_log_steps
         ti.main(ti.parse_args(['--preset', 'tiny', '--image-size', '16', '--fake-size', '16', '--device', 'cpu',
                                '--max-steps', '4', '--ckpt-every', '3', '--log-every', '2', '--out', str(out)]))
     assert 3 not in ti.checkpoints(out / 'checkpoints')
+
+
+def test_kid_subsets_fit_a_reference_smaller_than_the_samples(monkeypatch):
+    """KID's subsets take min(1000, samples, reference) images: with 50 samples against 20 reference
+    images, subsets of 20 (more than the reference holds would fail inside torch-fidelity)."""
+    import metrics
+    seen = {}
+    monkeypatch.setattr(metrics, '_fidelity', lambda **kw: seen.update(kw) or {})
+    images = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
+    metrics.fidelity_metrics(images, reference=torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8))
+    assert seen['kid_subset_size'] == 20 and seen['kid'] and seen['prc']
+    metrics.fidelity_metrics(images[:30], reference=torch.randint(0, 256, (1500, 3, 8, 8), dtype=torch.uint8))
+    assert seen['kid_subset_size'] == 30

@@ -14,6 +14,8 @@ import json
 import math
 import os
 import shutil
+import sys
+import traceback
 
 import torch
 import torch.distributed as dist
@@ -100,6 +102,31 @@ def prepare_out(out, owned, overwrite, what='output', remove=True):
     for pattern in owned if remove else ():
         for path in glob.glob(os.path.join(glob.escape(out), pattern)):
             shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+
+
+def deliberate(e):
+    """Whether exception e was raised on purpose by this project's code: its last frame is a `raise`
+    statement in a file of this repository (an error raised inside torch, numpy or C code is not)."""
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames:
+        return False
+    last = frames[-1]
+    here = os.path.dirname(os.path.abspath(__file__))
+    return (os.path.abspath(last.filename).startswith(here + os.sep) and 'site-packages' not in last.filename
+            and (last.line or '').lstrip().startswith('raise '))
+
+
+def run_main(main, *args):
+    """A script's entry point: main(*args), where a refusal the code raises on purpose (`deliberate`: a bad
+    argument, a missing or incompatible file, a used folder, a non-finite loss) prints `error: <message>`
+    on one line and exits 1, and any other exception keeps its traceback."""
+    try:
+        return main(*args)
+    except Exception as e:                                          # noqa: BLE001 - re-raised unless deliberate
+        if not deliberate(e):
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        sys.exit(f'error: {message}')
 
 
 def finite_or_none(obj):

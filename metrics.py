@@ -579,4 +579,5 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    import cli
+    cli.run_main(main)

@@ -367,4 +367,4 @@ def build_parser():
 
 
 if __name__ == '__main__':
-    main(build_parser().parse_args())
+    cli.run_main(main, build_parser().parse_args())

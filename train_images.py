@@ -932,4 +932,4 @@ def parse_args(argv=None):
 
 
 if __name__ == '__main__':
-    main(parse_args())
+    cli.run_main(main, parse_args())

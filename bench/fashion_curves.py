@@ -452,7 +452,4 @@ def build_parser():
 
 
 if __name__ == '__main__':
-    try:
-        main(build_parser().parse_args())
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f'error: {e}')
+    cli.run_main(main, build_parser().parse_args())

@@ -647,4 +647,4 @@ if __name__ == '__main__':
     repeated = sorted({row for row in args.rows or [] if args.rows.count(row) > 1})
     if repeated:                    # one sampling would be reported as two seeds, a training timed twice
         p.error(f"--rows names {', '.join(repeated)} more than once")
-    main(args)
+    cli.run_main(main, args)

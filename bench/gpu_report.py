@@ -234,4 +234,4 @@ if __name__ == '__main__':
     p.add_argument('--no-compile', action='store_true', help='skip the torch.compile rows (their autotuning takes '
                    'minutes on a GPU)')
     p.add_argument('--sections', nargs='+', help='run only the sections whose title contains one of these words')
-    main(p.parse_args())
+    cli.run_main(main, p.parse_args())

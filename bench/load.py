@@ -104,4 +104,4 @@ if __name__ == '__main__':
     if args.one:
         print(json.dumps(one_row(json.loads(args.one))))
     else:
-        main(args)
+        cli.run_main(main, args)

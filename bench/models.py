@@ -73,4 +73,4 @@ if __name__ == '__main__':
     args = parser.parse_args()
     if len(args.batch) not in (1, len(args.configs)):     # zip() would drop the extra ones silently
         parser.error(f'--batch takes one size, or one per config ({len(args.configs)}), got {len(args.batch)}')
-    main(args)
+    cli.run_main(main, args)

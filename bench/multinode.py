@@ -142,4 +142,4 @@ if __name__ == '__main__':
     p.add_argument('--share-store', action='store_true',
                    help='do not export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (train_images.py then refuses)')
     p.add_argument('--keep', action='store_true', help='keep the run folder and the agents\' logs')
-    sys.exit(main(p.parse_args()))
+    sys.exit(cli.run_main(main, p.parse_args()))

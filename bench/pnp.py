@@ -54,4 +54,4 @@ if __name__ == '__main__':
     parser.add_argument('--sigma-y', type=cli.nonnegative_float, default=0.0, help='observation noise, 0-255 units')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--threads', type=cli.nonnegative_int, default=0, help='CPU threads (0: torch default)')
-    main(parser.parse_args())
+    cli.run_main(main, parser.parse_args())

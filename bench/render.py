@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / 'bench'))
+sys.path.insert(0, str(ROOT))               # before bench/: models is the repository's, not bench/models.py
 DOCS = ('README.md', 'docs/*.md')
 BLOCK = re.compile(r'(<!-- render: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /render -->)', re.S)
 
@@ -78,17 +78,19 @@ def render_all():
     return changed
 
 
+def main(args):
+    if args.check:
+        bad = stale()
+        print('\n'.join(f'stale: {path} block {name} (run python bench/render.py)' for path, name in bad)
+              or 'every rendered block matches its results file')
+        sys.exit(1 if bad else 0)
+    for path in render_all():
+        print(f'rendered {path}')
+
+
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--check', action='store_true', help='change nothing; exit 1 if a block is stale')
     args = p.parse_args()
-    try:
-        if args.check:
-            bad = stale()
-            print('\n'.join(f'stale: {path} block {name} (run python bench/render.py)' for path, name in bad)
-                  or 'every rendered block matches its results file')
-            sys.exit(1 if bad else 0)
-        for path in render_all():
-            print(f'rendered {path}')
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f'error: {e}')
+    import cli
+    cli.run_main(main, args)

@@ -69,4 +69,4 @@ if __name__ == '__main__':
                         help='samples for the 1000-step row (default: the largest batch on GPU, 10 on CPU)')
     parser.add_argument('--reps', type=cli.positive_int, default=3, help='timed runs (median)')
     parser.add_argument('--threads', type=cli.nonnegative_int, default=0, help='CPU threads (0: torch default)')
-    main(parser.parse_args())
+    cli.run_main(main, parser.parse_args())

@@ -37,4 +37,4 @@ if __name__ == '__main__':
     p = argparse.ArgumentParser()
     p.add_argument('--iters', type=cli.positive_int, default=200)
     p.add_argument('--threads', type=cli.positive_int, nargs='+', default=[1, 2])
-    main(p.parse_args())
+    cli.run_main(main, p.parse_args())

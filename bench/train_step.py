@@ -167,4 +167,4 @@ if __name__ == '__main__':
         print(json.dumps(peak(**{k: v for k, v in job.items() if k != 'kind'}) if job.get('kind') == 'peak'
                          else bench(**job)))
     else:
-        main(args)
+        cli.run_main(main, args)

@@ -5,6 +5,7 @@ problem, and that an existing run directory is byte-for-byte unchanged. Files ar
 checkpoints. Everything runs in this process (parse_args / main, the bench scripts through runpy),
 no Python is spawned."""
 import json
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -23,6 +24,8 @@ import toy2d
 import train_images as ti
 
 META = dict(schedule='d', K=4, discretisation='original', posterior=False, nz=8, image_size=32, channels=3)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def snapshot(folder):
@@ -549,3 +552,40 @@ def test_a_latent_too_large_to_allocate_names_the_flag_before_any_file(tmp_path)
     with pytest.raises(MemoryError, match='--nz 100000000000'):
         ti.main(ti.parse_args(TINY + ['--nz', str(10**11), '--out', str(out)]))
     assert not out.exists() or snapshot(out) == {}
+
+
+# ---- one line for a refusal, a traceback for the unexpected ------------------------------------
+
+SCRIPTS = [('sample.py', ['--ckpt', 'missing.pt'], "error: checkpoint 'missing.pt' does not exist"),
+           ('train_images.py', ['--preset', 'tiny', '--resume', '--overwrite', '--out', 'r'], 'error: --resume continues'),
+           ('pnp.py', ['--task', 'sr2', '--ckpt', 'x.pt', '--dataset', 'fashion_mnist'], 'error: --out is required'),
+           ('bench/fashion_curves.py', ['--n', '5'], 'error: --n 5 / --ancestral-n 500'),
+           ('bench/render.py', ['--check'], None)]
+
+
+@pytest.mark.parametrize('script, argv, line', SCRIPTS, ids=[s for s, _, _ in SCRIPTS])
+def test_a_refusal_is_one_line_without_a_traceback(script, argv, line, tmp_path):
+    import subprocess
+    out = subprocess.run([sys.executable, str(REPO / script), *argv], cwd=tmp_path, capture_output=True, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS='1'), timeout=120)
+    if line is None:                                            # a script with nothing to refuse: exits 0
+        assert out.returncode == 0, out.stderr
+        return
+    assert out.returncode == 1 and 'Traceback' not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(line) and len(out.stderr.strip().splitlines()) == 1
+    assert os.listdir(tmp_path) == []                           # nothing written
+
+
+def test_only_a_deliberate_raise_of_this_code_is_a_refusal():
+    def ours():
+        raise ValueError('--x must be positive')
+    with pytest.raises(SystemExit, match='^error: --x must be positive$'):
+        cli.run_main(ours)
+    with pytest.raises(RuntimeError):                           # raised inside torch: the traceback stays
+        cli.run_main(lambda: torch.zeros(2, 3) @ torch.zeros(2, 3))
+    with pytest.raises(ZeroDivisionError):                      # an error, not a refusal
+        cli.run_main(lambda: 1 / 0)
+    def lacks():
+        raise KeyError("the checkpoint lacks 'meta'")
+    with pytest.raises(SystemExit, match="^error: the checkpoint lacks 'meta'$"):   # a KeyError's message, unquoted
+        cli.run_main(lacks)

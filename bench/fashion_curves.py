@@ -21,7 +21,6 @@ import argparse
 import concurrent.futures
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 import cli  # noqa: E402
 import metrics  # noqa: E402
 import train_images  # noqa: E402
+from fashion_table import run  # noqa: E402   one process of the ladder, its output appended to a log
 
 RUNGS = (1000, 2000, 4000, 8000, 16000)     # snapshots scored: steps of batch 32
 BASE = 4000                                 # the 2-epoch budget of fashion_table: 1x
@@ -151,15 +151,6 @@ def plan(root, n, ancestral_n, jobs):
     lines.append(f'training {sum(train_s) / 60:.0f} min of steps at the logged rates, about {wall / 60:.0f} min '
                  f'{lanes} at a time; scoring about {score_s / 60:.0f} min')
     return lines, wall + score_s
-
-
-def run(cmd, log):
-    """One process of the ladder, its output appended to `log`; a failure stops the ladder."""
-    print('  $ ' + ' '.join(cmd), flush=True)
-    with open(log, 'a') as f:
-        code = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    if code:
-        raise SystemExit(f'error: failed (exit {code}); the last lines of {log}:\n' + ''.join(open(log).readlines()[-15:]))
 
 
 def train(root, rows, data_dir, jobs):

@@ -27,13 +27,9 @@ import argparse
 import contextlib
 import copy
 import dataclasses
-import fcntl
 import functools
-import glob
-import json
 import math
 import os
-import re
 import resource
 import time
 import warnings
@@ -53,6 +49,7 @@ import cli  # noqa: E402
 import data  # noqa: E402
 import losses  # noqa: E402
 import models  # noqa: E402
+from rundir import RUN_FILES, RunDir, checkpoints, out_lock  # noqa: E402,F401   (the run folder's life)
 from schedules import SCHEDULES, make_schedule, sample_ddim, sample_rgm  # noqa: E402
 
 ADAM_BETAS = (0.5, 0.9)             # Adam for G, D and the TransformNet (the authors')
@@ -130,7 +127,6 @@ def split_batch(batch_size, world_size, group_size):
     return local
 
 
-RUN_FILES = ('config.json', 'log.jsonl', 'samples', 'checkpoints')     # what a run writes in --out
 CHECK_AUTO_MAX = 30_000         # --check-images auto: decode every file of folders up to this size
 
 
@@ -347,16 +343,6 @@ BASELINE_STEPS = {'mmse': mmse_step, 'ddpm': ddpm_step}     # the step of each b
 # ----------------------------------------------------------------------------
 # Run directory and checkpoints (the contract of models.py).
 
-def checkpoints(folder):
-    """{step: path} of the checkpoints in a run's checkpoint folder."""
-    found = {}
-    for path in glob.glob(os.path.join(folder, 'ckpt_*.pt')):
-        match = re.fullmatch(r'ckpt_(\d+)\.pt', os.path.basename(path))
-        if match:
-            found[int(match.group(1))] = path
-    return found
-
-
 def check_same_run(ckpt, path, meta, G_kwargs, D_kwargs, batch_size):
     """Refuse a checkpoint of another configuration, naming what differs (other flags, such as
     --max-steps or the learning rates, may change on resume)."""
@@ -449,78 +435,6 @@ def configure(args, world_size, device):
         raise ValueError(f'--n-samples {args.n_samples}: a sample grid of more than 1024 images is not readable')
     local_batch = split_batch(args.batch_size, world_size, 1 if D_kwargs is None else D_kwargs.get('group_size', 4))
     return Setup(G_kwargs, D_kwargs, schedule, local_batch, image_size, channels)
-
-
-class RunDir:
-    """The run directory --out: config.json, log.jsonl, samples/, checkpoints/ (ckpt_<step>.pt)."""
-
-    def __init__(self, out):
-        self.out, self.ckpt_dir = out, os.path.join(out, 'checkpoints')
-        self.log_path = os.path.join(out, 'log.jsonl')
-
-    def checkpoints(self):
-        return checkpoints(self.ckpt_dir)
-
-    def latest(self):
-        found = self.checkpoints()
-        return found[max(found)] if found else None
-
-    def choose_start(self, resume, overwrite, restarted, master):
-        """The checkpoint to resume from (None: a new run); a used --out is refused unless --resume or
-        --overwrite (a worker restarted by torchrun resumes by itself)."""
-        found = self.checkpoints()
-        if not (resume or restarted):
-            if found and not overwrite:
-                raise FileExistsError(f'{self.out} already holds checkpoints: pass --resume to continue that run, '
-                                      '--overwrite to start over in it, or choose another --out')
-            cli.prepare_out(self.out, RUN_FILES, overwrite, 'training run', remove=False)    # removed in begin()
-            return None
-        if not found:
-            raise FileNotFoundError(f'--resume: no checkpoint under {self.ckpt_dir}')
-        if resume in (None, 'latest') or restarted:
-            return found[max(found)]
-        if os.path.realpath(resume) not in {os.path.realpath(p) for p in found.values()}:  # --resume PATH
-            raise FileNotFoundError(f'--resume {resume}: not one of the checkpoints of {self.out} '
-                                    f'({", ".join(sorted(os.path.basename(p) for p in found.values()))})')
-        return resume
-
-    def begin(self, start_step, record, config, overwrite):
-        """Rank 0, once everything is checked and loaded: an --overwrite run's old files removed, the
-        folders, config.json, and log.jsonl cut back to the checkpoint's step with a start/resume
-        record; later checkpoints of a --resume PATH move aside."""
-        if not start_step:
-            cli.prepare_out(self.out, RUN_FILES, overwrite, 'training run')
-        os.makedirs(os.path.join(self.out, 'samples'), exist_ok=True)
-        os.makedirs(self.ckpt_dir, exist_ok=True)
-        for tmp in glob.glob(os.path.join(self.ckpt_dir, '.tmp-*')):      # left by a save that was killed
-            os.remove(tmp)
-        newer = [path for step, path in self.checkpoints().items() if start_step and step > start_step]
-        if newer:               # --resume PATH went back: keep the later checkpoints aside, not in the way
-            aside = os.path.join(self.ckpt_dir, f'superseded_from_{start_step:08d}')
-            os.makedirs(aside, exist_ok=True)
-            for path in newer:
-                os.replace(path, os.path.join(aside, os.path.basename(path)))
-            print(f'--resume: moved {len(newer)} later checkpoint(s) to {aside}')
-        with open(os.path.join(self.out, 'config.json'), 'w') as f:
-            json.dump(config, f, indent=2)
-        records = []
-        if start_step and os.path.exists(self.log_path):    # keep the records up to the checkpoint; a line
-            with open(self.log_path) as f:                  # cut by a crash (no newline) is past it
-                records = [line for line in f if line.endswith('\n') and json.loads(line).get('step', 0) <= start_step]
-        with open(self.log_path, 'w') as f:
-            f.writelines(records)
-        self.log(record)
-
-    def log(self, record):
-        with open(self.log_path, 'a') as f:
-            f.write(json.dumps(record) + '\n')
-
-    def save(self, ckpt, step, keep):
-        """Write ckpt_<step>.pt atomically (models.save_checkpoint) and keep the latest `keep` (0: all)."""
-        models.save_checkpoint(ckpt, os.path.join(self.ckpt_dir, f'ckpt_{step:08d}.pt'))
-        found = self.checkpoints()
-        for old in sorted(found)[:-keep] if keep > 0 else []:
-            os.remove(found[old])
 
 
 def make_loader(args, setup, rank, world_size, device, master):
@@ -674,51 +588,6 @@ def stop_if_bad(bad, step, run, nets=None):
         last = run.latest()
         raise FloatingPointError(f'non-finite {what} (checked at step {step}): stopping. The last good '
                                  f'checkpoint is {last or "none (none was written)"}')
-
-
-@contextlib.contextmanager
-def out_lock(out, master):
-    """On rank 0, an exclusive lock (flock) on the run directory while the run lasts: a second training
-    started into the same --out is refused. The system drops the lock when the process ends, even by a
-    crash or a kill, so a torchrun restart or a later --resume takes it again. Other ranks: no lock."""
-    if not master:
-        yield
-        return
-    os.makedirs(out, exist_ok=True)
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f'--out {out!r} is in use by another training: {lock_holder(out)}') from None
-        yield
-    finally:
-        os.close(fd)
-
-
-def lock_holder(out):
-    """Who holds the flock of folder `out`, and how to stop it: the process (pid, command) read from
-    /proc/locks on this machine, or a line saying it is not visible here. A torchrun launcher killed by
-    SIGKILL leaves its workers running (each in a session of its own), still holding the lock."""
-    st = os.stat(out)
-    key = f'{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}'
-    try:
-        with open('/proc/locks') as f:
-            pids = [int(line.split()[4]) for line in f if line.split()[1:2] == ['FLOCK'] and line.split()[5] == key]
-    except (OSError, IndexError, ValueError):
-        pids = []
-    if not pids:
-        return ('its lock is held by a process not visible here (another machine sharing this folder?): wait '
-                'for that run to end, or choose another --out')
-    pid = pids[0]
-    try:
-        with open(f'/proc/{pid}/cmdline', 'rb') as f:
-            command = f.read().replace(b'\0', b' ').decode(errors='replace').strip()
-    except OSError:
-        command = '?'
-    return (f'process {pid} on {os.uname().nodename} holds its lock ({command[:200]}). Wait for it to end, or, '
-            f'if its launcher is gone (torchrun killed by SIGKILL leaves its workers running), stop it and the '
-            f'other ranks of that run: kill {pid}; pgrep -af train_images.py lists them. Then --resume')
 
 
 def threads_note(threads):

@@ -330,6 +330,7 @@ def figure(path, points, n, floor=None):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401   (matplotlib.ticker.NullFormatter)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     order = [*ROWS, SHIPPED]
     curves = sorted({(p['row'], p['sampler']) for p in points if p['n'] == n},
@@ -345,6 +346,8 @@ def figure(path, points, n, floor=None):
             ax.axhline(floor[key], color='gray', ls='--', lw=1, label=f'real images (the floor at n = {n})')
         ax.set(xscale='log', yscale='log' if key == 'fd' else 'linear', xlabel='training images seen',
                ylabel=f"{name} (n = {n}, {'lower' if sign < 0 else 'higher'} is better)")
+        ax.set_xticks([32 * s for s in RUNGS], [f'{32 * s // 1000}k' for s in RUNGS])   # the rungs, in images
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(True, which='both', alpha=0.3)
     axes[0, 0].legend(fontsize=6.5)
     fig.tight_layout()

@@ -18,7 +18,6 @@ authors sample it (sample.py's default). At the end --root holds curves.json (ev
 recall against images seen).
 """
 import argparse
-import concurrent.futures
 import json
 import os
 import sys
@@ -30,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 import cli  # noqa: E402
 import metrics  # noqa: E402
 import train_images  # noqa: E402
-from fashion_table import run  # noqa: E402   one process of the ladder, its output appended to a log
+from fashion_table import (logged_rates, median_step_seconds, run, scores_of,  # noqa: E402
+                           train_side_by_side)
 
 RUNGS = (1000, 2000, 4000, 8000, 16000)     # snapshots scored: steps of batch 32
 BASE = 4000                                 # the 2-epoch budget of fashion_table: 1x
@@ -85,18 +85,11 @@ def steps_done(root, row):
     return max(train_images.checkpoints(str(root / row / 'checkpoints')) or [0])
 
 
-def logged_rates(root, row):
-    """Images per second of every log record of the row's run (none before it starts)."""
-    log = root / row / 'log.jsonl'
-    return [r['img_per_s'] for r in map(json.loads, log.read_text().splitlines()) if 'img_per_s' in r] \
-        if log.is_file() else []
-
-
 def seconds_per_step(root, row):
     """Seconds a step, from the median logged rate of the row, else of every row in --root (the same
     machine and the same side-by-side setting), else SECONDS_PER_STEP."""
-    rates = logged_rates(root, row) or [r for other in ROWS for r in logged_rates(root, other)]
-    return 32 / sorted(rates)[len(rates) // 2] if rates else SECONDS_PER_STEP
+    rates = logged_rates(root / row) or [r for other in ROWS for r in logged_rates(root / other)]
+    return median_step_seconds(rates, 32) or SECONDS_PER_STEP
 
 
 def samplings(row, step, n, ancestral_n):
@@ -118,13 +111,8 @@ def eval_dir(root, row, step, n, steps):
 
 
 def scored(root, row, step, n, steps):
-    """The snapshot's metrics.json if it was scored from this very checkpoint (path and the checkpoint
-    older than the scores), else None."""
-    path, ckpt = eval_dir(root, row, step, n, steps) / 'metrics.json', snapshots(root, row).get(step)
-    if not path.is_file() or ckpt is None:
-        return None
-    r = json.loads(path.read_text())
-    return r if Path(r['ckpt']) == ckpt and ckpt.stat().st_mtime <= path.stat().st_mtime else None
+    """The snapshot's metrics.json if it was scored from this very checkpoint (scores_of), else None."""
+    return scores_of(eval_dir(root, row, step, n, steps) / 'metrics.json', snapshots(root, row).get(step))
 
 
 def todo(root, n, ancestral_n):
@@ -154,18 +142,14 @@ def plan(root, n, ancestral_n, jobs):
 
 
 def train(root, rows, data_dir, jobs):
-    """Train the rows that are short of their steps, `jobs` at a time on cores // jobs threads each (on a
-    small CPU two one-thread trainings do more in all than one on two threads)."""
-    left = [row for row in rows if steps_done(root, row) < ROWS[row][3]]
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-
-    def one(row):
+    """Train the rows that are short of their steps, `jobs` at a time (fashion_table.train_side_by_side:
+    on a small CPU two one-thread trainings do more in all than one on two threads; after a failure no
+    further row starts)."""
+    def one(root, row, data_dir, threads):
         resume = steps_done(root, row) > 0
         run([sys.executable, 'train_images.py', *train_args(row, data_dir, threads, resume), '--out', str(root / row)],
             root / f'{row}.train.log')
-    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        for future in [pool.submit(one, row) for row in left]:
-            future.result()
+    train_side_by_side(root, [row for row in rows if steps_done(root, row) < ROWS[row][3]], data_dir, jobs, one)
 
 
 def score(root, points, data_dir, classifier, threads):

@@ -24,7 +24,6 @@ same --nfe-n. `--threads N` runs every sampling on N CPU threads; the tables say
 import argparse
 import concurrent.futures
 import json
-import math
 import os
 import subprocess
 import sys
@@ -109,17 +108,24 @@ def train_minutes(root, row, shipped=False):
     return None
 
 
+def logged_rates(run_dir):
+    """Images per second of every record in a run's log.jsonl (none before the run starts)."""
+    log = Path(run_dir) / 'log.jsonl'
+    return [r['img_per_s'] for r in map(json.loads, log.read_text().splitlines()) if 'img_per_s' in r] \
+        if log.is_file() else []
+
+
+def median_step_seconds(rates, batch_size):
+    """Seconds per step at the median of logged rates (robust to a few disturbed stretches), or None."""
+    return batch_size / sorted(rates)[len(rates) // 2] if rates else None
+
+
 def progress(root, row):
     """(steps done, seconds per step from the run's own log or the estimate)."""
     cfg = preset_args(row)
     done = max(train_images.checkpoints(str(root / row / 'checkpoints')) or [0])
-    per_step = STEP_SECONDS.get(cfg.prior, STEP_SECONDS['kld'])
-    log = root / row / 'log.jsonl'
-    if log.is_file():
-        rates = [r['img_per_s'] for r in map(json.loads, log.read_text().splitlines()) if 'img_per_s' in r]
-        if rates:
-            per_step = cfg.batch_size / sorted(rates)[len(rates) // 2]
-    return done, per_step
+    logged = median_step_seconds(logged_rates(root / row), cfg.batch_size)
+    return done, logged or STEP_SECONDS.get(cfg.prior, STEP_SECONDS['kld'])
 
 
 def run(cmd, log):
@@ -145,21 +151,32 @@ def train(root, row, data_dir, threads=0):
 SIDE_BY_SIDE = 0.84 / 0.74
 
 
-def train_side_by_side(root, rows, data_dir, jobs):
+def train_side_by_side(root, rows, data_dir, jobs, train_row=None):
     """Train `rows` `jobs` at a time, each process on cores // jobs threads (at least one): on a small CPU
     more images per second in all than one run at a time on every core (SIDE_BY_SIDE), since one training
     step does not keep two threads busy. A row starts only when a slot is free and no training has failed:
     after the first failure no further row starts, and the failure is raised once the runs under way have
-    ended (they are not killed: each keeps its checkpoints and resumes next time)."""
+    ended (they are not killed: each keeps its checkpoints and resumes next time). `train_row(root, row,
+    data_dir, threads)` trains one row (default: this runner's train)."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     waiting, running = list(rows), set()
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         while waiting or running:
             while waiting and len(running) < jobs:
-                running.add(pool.submit(train, root, waiting.pop(0), data_dir, threads))
+                running.add(pool.submit(train_row or train, root, waiting.pop(0), data_dir, threads))
             done, running = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in done:
                 future.result()         # raises the failure; leaving the `with` waits for the runs under way
+
+
+def scores_of(metrics_path, ckpt):
+    """A sampling's metrics.json if it was made from `ckpt` as it is now (the same file, not rewritten
+    since), else None."""
+    if ckpt is None or not Path(metrics_path).is_file():
+        return None
+    r = json.loads(Path(metrics_path).read_text())
+    same = Path(r.get('ckpt', '')) == Path(ckpt) and Path(ckpt).stat().st_mtime <= Path(metrics_path).stat().st_mtime
+    return r if same else None
 
 
 def eval_dir(root, row, n, seed, sampler=None):
@@ -170,14 +187,10 @@ def eval_dir(root, row, n, seed, sampler=None):
 
 def cached(root, row, n, seed, sampler=None, shipped=False):
     """The row's metrics.json at this n, seed and sampler if it was scored from the weights the row has now
-    (the same file, not rewritten since) and, for a DDPM, with x0 clamped as sample.py now samples; else
-    None: the row is sampled and scored again."""
-    path, ckpt = eval_dir(root, row, n, seed, sampler) / 'metrics.json', weights(root, row, shipped)
-    if not path.is_file() or ckpt is None:
-        return None
-    r = json.loads(path.read_text())
-    same = Path(r.get('ckpt', '')) == ckpt and ckpt.stat().st_mtime <= path.stat().st_mtime
-    return r if same and (row not in DIFFUSION_ROWS or r.get('clip_x0')) else None
+    (scores_of) and, for a DDPM, with x0 clamped as sample.py now samples; else None: the row is sampled
+    and scored again."""
+    r = scores_of(eval_dir(root, row, n, seed, sampler) / 'metrics.json', weights(root, row, shipped))
+    return r if r is not None and (row not in DIFFUSION_ROWS or r.get('clip_x0')) else None
 
 
 def score(root, row, seed, n, data_dir, classifier, shipped=False, sampler=None, threads=0):
@@ -249,7 +262,6 @@ def ship(root, data_dir, classifier):
     trained row of SHIPPED_ROWS (models.export_generator, fp16) and the classifier with the test set's
     statistics, its first SHIPPED_FEATURES features in fp16 and the floor (metrics.reference_of). Each
     generator file keeps its run's median seconds per step, for the training minutes of --shipped."""
-    import torch
     import data
     import models
     out = ROOT / 'checkpoints'

@@ -535,7 +535,11 @@ def resume_from(nets, run, path, meta, setup, batch_size):
 
 def wrap(nets, args, device):
     """(G as the loop calls it, D's three views): DDP averages gradients; compiled copies for speed."""
-    ddp = functools.partial(DDP, device_ids=[device.index] if device.type == 'cuda' else None)
+    # broadcast_buffers=False: the networks' only buffers are the constant FIR filters. With it on, DDP
+    # copies rank 0's buffers in place before every forward; under NCCL that bumps their autograd
+    # version between D's forward on the real images and R1's backward through it, which fails.
+    ddp = functools.partial(DDP, device_ids=[device.index] if device.type == 'cuda' else None,
+                            broadcast_buffers=False)
     maybe_ddp = ddp if dist.is_initialized() else (lambda net: net)
     maybe_compile = torch.compile if args.compile else (lambda net: net)
     G_train = maybe_compile(maybe_ddp(nets.G))

@@ -21,6 +21,7 @@ weights. Each section is timed; a failing section is reported and the next one r
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -54,10 +55,16 @@ def tail(text, n=25):
 
 def first_traceback(text, n=25):
     """The first Python traceback in a child's output (a torchrun worker's own error, above the
-    launcher's summary), or the tail when there is none."""
+    launcher's summary) up to its error line, or the tail when there is none: the call chain's
+    middle is cut, never the error."""
     lines = text.splitlines()
     start = next((i for i, line in enumerate(lines) if 'Traceback' in line), None)
-    return tail(text, n) if start is None else '\n'.join(lines[start:start + n])
+    if start is None:
+        return tail(text, n)
+    frame = re.compile(r'^(\[rank\d+\]: )?(  |\s*\^+\s*$)')     # '  File ...', code lines, '^^^' marks
+    end = next((i for i in range(start + 1, len(lines)) if not frame.match(lines[i])), len(lines) - 1)
+    block = lines[start:end + 1]
+    return '\n'.join(block if len(block) <= n else block[:n // 2] + ['...'] + block[-(n - n // 2 - 1):])
 
 
 def last_json(text):

@@ -49,3 +49,16 @@ def test_train_step_bench_counts_a_step_as_its_plain_and_r1_steps_weigh():
     # more images, proportionally more arithmetic (the tiny net's layers all scale with the batch)
     r16 = train_step.bench('tiny', 'cpu', False, 'eager', 16, warmup=1, steps=2, threads=1)
     assert r16['gflop'] == pytest.approx(2 * r['gflop'], rel=1e-6)
+
+
+def test_the_gpu_report_quotes_a_worker_traceback_down_to_its_error_line():
+    """A torchrun worker's traceback is long (rank prefixes, '^^^' marks) and the launcher prints its own
+    summary after it: the report keeps the first traceback's start and, above all, its error line."""
+    import gpu_report
+    frames = [f'[rank0]:   File "x.py", line {i}, in f{i}\n[rank0]:     f{i + 1}()\n[rank0]:     ^^^^^^^^' for i in range(30)]
+    text = '\n'.join(['0%| | 0/200 [rank0]: Traceback (most recent call last):', *frames,
+                      '[rank0]: RuntimeError: the cause', 'E1204 launcher: failed', 'Traceback (most recent call last):',
+                      '  File "run.py", line 1', 'ChildFailedError: the summary'])
+    quoted = gpu_report.first_traceback(text).splitlines()
+    assert len(quoted) <= 25 and 'Traceback' in quoted[0] and quoted[-1] == '[rank0]: RuntimeError: the cause'
+    assert gpu_report.first_traceback('no traceback\nlast line') == 'no traceback\nlast line'

@@ -479,3 +479,24 @@ def test_existing_run_needs_resume_and_the_same_configuration(tmp_path):
         _run(tmp_path, '--max-steps', '2')
     with pytest.raises(ValueError, match=r"another configuration \(K: checkpoint 4, now 3; prior: checkpoint 'kld'"):
         _run(tmp_path, '--max-steps', '2', '--resume', '--K', '3', '--prior', 'mmd')
+
+
+def test_ddp_never_rebroadcasts_the_constant_buffers(monkeypatch):
+    """DDP's default copies rank 0's buffers in place before every forward; under NCCL that bumps their
+    autograd version between D's forward on the real images and R1's backward through it (a 1-GPU
+    torchrun run failed so). The networks' buffers are constant FIR filters, not saved, so `wrap` turns
+    the broadcast off; gloo on a CPU does not show the failure, hence this check of the wrapping."""
+    made = []
+    monkeypatch.setattr(ti.dist, 'is_initialized', lambda: True)
+    monkeypatch.setattr(ti, 'DDP', lambda net, **kw: made.append(kw) or net)
+    G = models.NCSNpp(image_size=16, channels=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), nz=4,
+                      z_emb_dim=8, n_mlp=1)
+    D = models.Discriminator(image_size=16, channels=4, ch_mult=(2, 4), emb_dim=8)
+    nets = type('Nets', (), dict(G=G, D=D))()
+    ti.wrap(nets, type('Args', (), dict(compile=False))(), torch.device('cpu'))
+    assert len(made) == 2 and all(kw['broadcast_buffers'] is False for kw in made)
+    for net in (G, D):
+        buffers = dict(net.named_buffers())
+        assert buffers and all(name.endswith('fir') for name in buffers)           # nothing else to keep in sync
+        assert all(torch.equal(b, models.fir_kernel()) for b in buffers.values())
+        assert not set(buffers) & set(net.state_dict())                             # not saved: constants

@@ -34,10 +34,15 @@ import resource
 import time
 import warnings
 
-# OpenMP threads that wait for work by sleeping, not spinning: with two threads on a 2-core laptop, a
-# spinning thread that shares its core with another program slows every step several times over
-# (docs/benchmarks.md, "Training under load"). Read when torch loads, so it is set before the import.
-os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+# How long an idle OpenMP thread (torch's libgomp) spins before it sleeps. A training step runs
+# thousands of small parallel regions: threads that sleep at once (OMP_WAIT_POLICY=PASSIVE) pay a
+# wake-up at each, 1.6x slower alone on 2 cores; threads that spin long (libgomp's default, 300,000
+# turns) take a core from any other program and lose up to 4x beside one. 1,000 turns is as fast as
+# spinning alone and close to sleeping under load (docs/benchmarks.md, "Training under load"). Read
+# when torch loads, so it is set before the import; a wait policy or spin count of the user's wins.
+OPENMP_SPIN_TURNS = 1000
+if 'OMP_WAIT_POLICY' not in os.environ:
+    os.environ.setdefault('GOMP_SPINCOUNT', str(OPENMP_SPIN_TURNS))
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
@@ -74,10 +79,11 @@ PRESETS = {
 # fashion_kld_d step at 359 to 916 ms alone on 2 threads, by the day's speed of the VM, so its 4,000 steps
 # take 24 to 61 minutes): the 'fashion' networks
 # (0.45M-parameter one-channel NCSN++, a discriminator of similar cost), a small batch for thousands of
-# steps, Adam at 5e-4 for G and D without decay, and an EMA short enough to move within the run.
+# steps, Adam at 5e-4 for G and D without decay, and an EMA short enough to move within the run. The
+# NHWC layout (channels_last) is faster for every Fashion preset's step on a CPU (docs/benchmarks.md).
 FASHION = dict(dataset='fashion_mnist', net='fashion', batch_size=32, lr_G=5e-4, lr_D=5e-4, lam=1e-3,
                r1_gamma=0.02, lazy_reg=15, lr_tmax=0, ema_decay=0.995, schedule='d', K=4, max_steps=4000,
-               workers=0, log_every=50, ckpt_every=1000, sample_every=500, threads=2)
+               workers=0, log_every=50, ckpt_every=1000, sample_every=500, threads=2, channels_last=True)
 PRESETS.update({
     'fashion_kld_d':  dict(FASHION, prior='kld'),
     'fashion_kld_sr': dict(FASHION, prior='kld', schedule='sr', K=7),     # 32 -> 4 px, as cifar10_kld_sr
@@ -595,11 +601,13 @@ def stop_if_bad(bad, step, run, nets=None):
 
 
 def threads_note(threads):
-    """The CPU threads of this process, and why: the training output says it."""
-    policy = os.environ.get('OMP_WAIT_POLICY', 'ACTIVE').upper()
+    """The CPU threads of this process, and how idle OpenMP threads wait: the training output says it."""
     why = '--threads' if threads else 'torch\'s default'
-    return (f'{torch.get_num_threads()} CPU thread(s) ({why}; OpenMP waits {policy.lower()}ly'
-            + (', so a busy machine slows training less' if policy == 'PASSIVE' else '') + ')')
+    policy, spin = os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT')
+    wait = (f'OMP_WAIT_POLICY={policy}' if policy else f'OpenMP threads spin {spin} turns, then sleep' if spin
+            else 'OpenMP\'s default wait')
+    busy = ('; beside another busy program, --threads 1 is faster' if torch.get_num_threads() > 1 else '')
+    return f'{torch.get_num_threads()} CPU thread(s) ({why}; {wait}{busy})'
 
 
 def train(args, rank, world_size, device):
@@ -781,7 +789,9 @@ def parse_args(argv=None):
     g.add_argument('--ema-decay', type=cli.decay_rate, default=0.9999)
     g.add_argument('--max-steps', type=cli.positive_int, default=200_000)
     g.add_argument('--amp', action='store_true', help='bfloat16 autocast')
-    g.add_argument('--channels-last', action='store_true')
+    g.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=False,
+                   help='NHWC memory layout (the Fashion presets use it: 1.03-1.17x faster on a CPU, the same '
+                        'update to fp32 rounding; docs/benchmarks.md)')
     g.add_argument('--compile', action='store_true', help='torch.compile G and D')
     g = p.add_argument_group('run')
     g.add_argument('--out', default='runs/rgm', help='run directory')

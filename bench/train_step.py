@@ -7,6 +7,7 @@ CPU, allocated memory on a GPU) is its own and a compiled row does not warm up t
     python bench/train_step.py --presets fashion_kld_d fashion_mmse_d --variants eager compile --threads 2
     python bench/train_step.py --presets cifar10_kld_d --device cuda --precision fp32 bf16 --batch 64 128
     python bench/train_step.py --presets fashion_kld_d --flags "" "--K 1" "--lam 0" "--nz 0" "--posterior " --threads 2
+    python bench/train_step.py --presets fashion_kld_d --variants eager channels_last --waits passive spin --threads 2
 
 (A --flags string holds a space, as "--posterior " does: argparse takes one without for an option of this script.)
 
@@ -33,6 +34,9 @@ import train_images  # noqa: E402
 
 VARIANTS = {'eager': (False, False), 'channels_last': (False, True), 'compile': (True, False),
             'compile+channels_last': (True, True)}
+# How idle OpenMP threads wait in a row's process (read when torch loads, so set in the child's
+# environment): 'spin' is what train_images.py sets, 'passive' sleeps at once (its earlier default).
+WAITS = {'spin': {'GOMP_SPINCOUNT': str(train_images.OPENMP_SPIN_TURNS)}, 'passive': {'OMP_WAIT_POLICY': 'PASSIVE'}}
 
 
 def bench(preset, device, amp, variant, batch, warmup, steps, threads, flags=()):
@@ -98,9 +102,12 @@ def peak(device, amp, variant, threads):
                                  channels_last=VARIANTS[variant][1]))
 
 
-def child(job):
-    """Run one job (a row, or a peak with kind='peak') in a fresh process: its JSON, or None and the error."""
-    out = subprocess.run([sys.executable, __file__, '--one', json.dumps(job)], capture_output=True, text=True)
+def child(job, wait='spin'):
+    """Run one job (a row, or a peak with kind='peak') in a fresh process whose idle OpenMP threads wait
+    as `wait` says (WAITS): its JSON, or None and the error."""
+    env = {k: v for k, v in os.environ.items() if k not in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}
+    out = subprocess.run([sys.executable, __file__, '--one', json.dumps(job)], capture_output=True, text=True,
+                         env=dict(env, **WAITS[wait]))
     if out.returncode:
         return None, out.stderr.strip().splitlines()[-1][:80]
     return json.loads(next(line for line in reversed(out.stdout.splitlines()) if line.startswith('{'))), None
@@ -116,36 +123,35 @@ def main(args):
     print('Roofline: GFLOP a step counted by torch\'s flop counter (convolutions and matrix products, forward and '
           'backward), the rate achieved, and its share of the peak: a 3x3 convolution of the network\'s dominant '
           f'shape {common.PEAK_SHAPE} measured in a fresh process with the same threads, precision and layout.\n')
-    print('| preset | prior | variant | threads | precision | batch | ms/step | images/s | GFLOP/step | GFLOP/s | '
-          'peak GFLOP/s | % of peak | peak memory (GB) | hours for --max-steps |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+    print('| preset | prior | variant | OpenMP wait | threads | precision | batch | ms/step | images/s | GFLOP/step | '
+          'GFLOP/s | peak GFLOP/s | % of peak | peak memory (GB) | hours for --max-steps |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
     peaks = {}
     for preset, flags in ([p, f.split()] for p in args.presets for f in args.flags or ['']):
         prior = train_images.parse_args(['--preset', preset, *flags]).prior
         row = ' '.join([preset, *flags])
         for batch in args.batch or [None]:
-            for variant in args.variants:
+            for variant, wait in ((v, w) for v in args.variants for w in args.waits):
                 for n in threads:
                     for precision in precisions:
                         amp = precision == 'bf16'
-                        key = (amp, VARIANTS[variant][1], n)
+                        key = (amp, VARIANTS[variant][1], n, wait)
                         if key not in peaks:
                             peaks[key] = child(dict(kind='peak', device=args.device, amp=amp, variant=variant,
-                                                    threads=n))[0]
+                                                    threads=n), wait)[0]
                         job = dict(preset=preset, device=args.device, amp=amp, variant=variant,
                                    batch=batch, warmup=args.warmup, steps=args.steps, threads=n, flags=flags)
-                        r, error = child(job)
+                        r, error = child(job, wait)
                         if r is None:
-                            print(f'| {row} | {prior} | {variant} | {n or "-"} | {precision} | {batch or "-"} | '
-                                  f'failed: {error} ||||||||', flush=True)
+                            print(f'| {row} | {prior} | {variant} | {wait} | {n or "-"} | {precision} | '
+                                  f'{batch or "-"} | failed: {error} ||||||||', flush=True)
                             continue
                         rate = r['gflop'] / r['ms'] * 1e3
                         top = peaks[key]['gflops'] if peaks[key] else float('nan')
-                        print(f'| {row} | {prior} | {variant} | {n or "-"} | {precision} | {r["batch"]} | '
+                        print(f'| {row} | {prior} | {variant} | {wait} | {n or "-"} | {precision} | {r["batch"]} | '
                               f'{r["ms"]:.1f} | {r["images_per_s"]:.1f} | {r["gflop"]:.2f} | {rate:.1f} | {top:.0f} | '
                               f'{100 * rate / top:.0f}% | {r["peak_GB"]:.2f} | '
                               f'{r["max_steps"] * r["ms"] / 3.6e6:.3g} |', flush=True)
-
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -156,6 +162,9 @@ if __name__ == '__main__':
     p.add_argument('--device', default='cpu')
     p.add_argument('--batch', type=cli.positive_int, nargs='+', help="default: the preset's global batch")
     p.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument('--waits', nargs='+', default=['spin'], choices=list(WAITS),
+                   help="how idle OpenMP threads wait: 'spin' (the default: briefly, as train_images.py sets) or "
+                        "'passive' (sleep at once); on a CPU only")
     p.add_argument('--precision', nargs='+', choices=['fp32', 'bf16'], help='default: fp32 (CPU), fp32 and bf16 (GPU)')
     p.add_argument('--threads', type=cli.nonnegative_int, nargs='+', default=[1, 2], help='CPU threads (0: torch\'s)')
     p.add_argument('--warmup', type=cli.nonnegative_int, default=3)

@@ -500,3 +500,35 @@ def test_ddp_never_rebroadcasts_the_constant_buffers(monkeypatch):
         assert buffers and all(name.endswith('fir') for name in buffers)           # nothing else to keep in sync
         assert all(torch.equal(b, models.fir_kernel()) for b in buffers.values())
         assert not set(buffers) & set(net.state_dict())                             # not saved: constants
+
+
+@pytest.mark.parametrize('preset', ['fashion_kld_d', 'fashion_mmse_d'])
+def test_channels_last_step_is_the_plain_step(preset):
+    """The Fashion presets train in NHWC layout for speed: from the same weights and draws, one step (R1
+    included for KLD) gives the same loss terms and the same gradients (those of the D step and of the G
+    step, left in .grad) as the NCHW step, to fp32 rounding. (Updated weights are not compared: Adam's
+    first step moves each weight by about lr x sign(gradient), which rounding can flip for a tiny one.)"""
+    cfg = ti.parse_args(['--preset', preset])
+    assert cfg.channels_last
+    out = {}
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        setup = ti.configure(cfg, 1, torch.device('cpu'))
+        torch.manual_seed(0)
+        nets = ti.build_nets(cfg, setup, torch.device('cpu'), steps_per_epoch=1, memory_format=fmt)
+        x0 = (torch.rand(8, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(memory_format=fmt)
+        torch.manual_seed(2)
+        if setup.baseline:
+            terms = ti.BASELINE_STEPS[cfg.prior](nets.G, nets.opt_G, x0, setup.schedule)
+        else:
+            terms = ti.train_step(nets.G, nets.D, nets.opt_G, nets.opt_D, x0, setup.schedule, nets.critic, nets.prior,
+                                  0, cfg.lam, setup.nz)
+        grads = [p.grad.clone() for net in (nets.G, nets.D) if net is not None for p in net.parameters()
+                 if p.grad is not None]
+        out[fmt] = terms, grads
+    (a, wa), (b, wb) = out.values()
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+    assert len(wa) == len(wb) > 100
+    for p, q in zip(wa, wb):
+        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-5 * (p.abs().max().item() if p.numel() else 0) + 1e-12)

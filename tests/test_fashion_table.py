@@ -70,14 +70,16 @@ def scored(fd, nfe, ms, kid=0.01, recall=0.25):
 
 
 def test_the_nfe_table_finds_the_fewest_ddim_steps_that_reach_rgm(tmp_path):
-    points = {('kld_d', None): scored(5.0, 4, 10.0)}
+    points = [ft.Point('kld_d', ft.Sampling(100, 0, None, 4), scored(5.0, 4, 10.0))]
     fds = {4: 40.0, 7: 20.0, 10: 6.0, 25: 4.5, 50: 3.0, 100: 2.5, 1000: 2.0}
-    points.update({('ddpm', s): scored(fds[s], s, 2.5 * s, recall=s / 100) for s in ft.SAMPLERS})
-    points.update({('ddpm_4x', s): scored(fds[s] + 10, s, 2.5 * s) for s in ft.SAMPLERS})
+    points += [ft.Point('ddpm', ft.Sampling(100, 0, s, s), scored(fds[s], s, 2.5 * s, recall=s / 100))
+               for s in ft.SAMPLERS]
+    points += [ft.Point('ddpm_4x', ft.Sampling(100, 0, s, s), scored(fds[s] + 10, s, 2.5 * s)) for s in ft.SAMPLERS]
     floor = {k: v for k, v in scored(0.5, None, 0.0).items() if k not in ('nfe', 'sampling_seconds')}
-    for row, sampler in points:         # the samples each point was scored on, for nfe_samples.png
-        ft.eval_dir(tmp_path, row, 100, 0, sampler).mkdir(parents=True)
-        np.savez(ft.eval_dir(tmp_path, row, 100, 0, sampler) / 'samples.npz', np.zeros((20, 32, 32, 1), np.uint8))
+    for p in points:                    # the samples each point was scored on, for nfe_samples.png
+        ft.eval_dir(tmp_path, p.row, 100, 0, p.sampling.sampler).mkdir(parents=True)
+        np.savez(ft.eval_dir(tmp_path, p.row, 100, 0, p.sampling.sampler) / 'samples.npz',
+                 np.zeros((20, 32, 32, 1), np.uint8))
     ft.write_nfe_table(tmp_path, points, 100, {}, floor)
     written = json.loads((tmp_path / 'nfe.json').read_text())
     answers = {a['row']: a for a in written['answers']}

@@ -229,3 +229,18 @@ def test_the_floor_is_labelled_with_the_n_it_was_scored_at(tmp_path):
     floor = dict(fd=0.5, kid_mean=0.0, precision=0.9, recall=0.9, mean_pixel=56.0, n=500, class_shares=shares)
     ft.write_table(tmp_path, ['floor'], {'floor': [floor]}, 500)
     assert '| 500 training images (the floor) |' in (tmp_path / 'table.md').read_text()
+
+
+def test_train_minutes_come_from_the_run_whose_generator_is_scored(tmp_path):
+    """The shipped KLD-SR file records 0.602 s a step (40 minutes for 4,000 steps, the table's figure); once
+    the row has its own final checkpoint, that run's log decides, and without a log nothing is known (the
+    shipped file's rate belongs to another run)."""
+    assert ft.train_minutes(tmp_path, 'kld_sr') is None                          # no generator at all
+    assert ft.train_minutes(tmp_path, 'kld_sr', shipped=True) == pytest.approx(4000 * 0.6019494 / 60)
+    final = tmp_path / 'kld_sr' / 'checkpoints' / 'ckpt_00004000.pt'
+    final.parent.mkdir(parents=True)
+    final.write_bytes(b'trained')
+    assert ft.source(tmp_path, 'kld_sr', shipped=True) == 'trained'
+    assert ft.train_minutes(tmp_path, 'kld_sr', shipped=True) is None
+    (tmp_path / 'kld_sr' / 'log.jsonl').write_text(json.dumps(dict(step=50, img_per_s=64.0)) + '\n')
+    assert ft.train_minutes(tmp_path, 'kld_sr', shipped=True) == pytest.approx(4000 * 32 / 64.0 / 60)

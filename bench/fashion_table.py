@@ -21,9 +21,14 @@ at 4x) are sampled at every setting of SAMPLERS, DDIM at 4 to 100 steps and ance
 and recall against NFE) and nfe_samples.png (the grids) with the RGM rows that are trained scored at the
 same --nfe-n. `--threads N` runs every sampling on N CPU threads; the tables say what they ran on.
 
+Everything a run measured goes into --root/results.json with its command, date and machine;
+`--publish NAME` copies it to results/NAME.json and renders README.md and docs/ from the results files
+(bench/render.py; the views they show: bench/fashion_pages.py).
+
 The file reads in the order of a run: the rows and the constants; the two record types; where a row's
 generator comes from; training; sampling and scoring; the estimate; main and its phases; then what
-the phases write (the table, the figures, the NFE comparison, plug-and-play) and --ship.
+the phases write (the table, the figures, the NFE comparison, plug-and-play, the results file) and
+--ship.
 """
 import argparse
 import concurrent.futures
@@ -38,6 +43,7 @@ from typing import NamedTuple, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import cli  # noqa: E402
+import common  # noqa: E402   (bench/common.py)
 import metrics  # noqa: E402
 import train_images  # noqa: E402
 
@@ -328,9 +334,11 @@ def main(args):
     points = train_and_score(root, rows, args)
     if args.train_only:
         return
-    write_tables(root, rows, points, args)
-    if args.pnp:
-        write_pnp_table(root, args.data_dir, args.pnp_n, args.shipped)
+    table, nfe = write_tables(root, rows, points, args)
+    pnp = write_pnp_table(root, args.data_dir, args.pnp_n, args.shipped) if args.pnp else None
+    write_results(root, table, nfe, pnp)
+    if args.publish:
+        publish(root, args.publish)
 
 
 def print_plan(root, rows, args):
@@ -373,7 +381,8 @@ def train_and_score(root, rows, args):
 
 
 def write_tables(root, rows, points, args):
-    """table.md, table.json and samples.png; with a diffusion row, the NFE comparison (write_nfe_table)."""
+    """table.md, table.json and samples.png; with a diffusion row, the NFE comparison (write_nfe_table).
+    Returns what table.json and nfe.json hold (None for a part not made)."""
     runs = {}           # row: its scores at --n, one per seed (the diffusion rows are in the NFE comparison only)
     for p in points:
         if p.sampling.n == args.n and p.row not in DIFFUSION_ROWS:
@@ -384,13 +393,14 @@ def write_tables(root, rows, points, args):
         runs.update({row: [real[row]] for row in rows if row in REAL_ROWS})
     minutes = {row: train_minutes(root, row, args.shipped) for row in rows if row in MODEL_ROWS}
     ordered = [row for row in ROWS if row in rows]              # the table's order, whatever the run's
-    write_table(root, [row for row in ordered if row in runs], runs, args.n, minutes)
+    table = write_table(root, [row for row in ordered if row in runs], runs, args.n, minutes)
     write_figure(root, [row for row in ordered if row in REAL_ROWS or weights(root, row, args.shipped)], args.data_dir,
                  args.shipped)
-    if any(row in DIFFUSION_ROWS for row in rows):
-        # the floor at the comparison's n: nfe_n training images against the whole test set, as samples are
-        floor = metrics.reference_scores(args.classifier, args.data_dir, args.nfe_n, n_test=10_000)['floor']
-        write_nfe_table(root, nfe_points(points, args.nfe_n), args.nfe_n, minutes, floor)
+    if not any(row in DIFFUSION_ROWS for row in rows):
+        return table, None
+    # the floor at the comparison's n: nfe_n training images against the whole test set, as samples are
+    floor = metrics.reference_scores(args.classifier, args.data_dir, args.nfe_n, n_test=10_000)['floor']
+    return table, write_nfe_table(root, nfe_points(points, args.nfe_n), args.nfe_n, minutes, floor)
 
 
 def nfe_points(points, nfe_n):
@@ -431,11 +441,11 @@ def summarise(row, runs, minutes=None):
     return out
 
 
-def cell(r, key, fmt):
-    """A metric, with its per-seed values when the row has several."""
+def cell(r, key, fmt, bold=False):
+    """A metric (in bold if asked), with its per-seed values when the row has several."""
     if r[key] is None:
         return ''
-    text = format(r[key], fmt)
+    text = f'**{format(r[key], fmt)}**' if bold else format(r[key], fmt)
     return text + (f" ({', '.join(format(v, fmt) for v in r[f'{key}_seeds'])})" if r[f'{key}_spread'] is not None else '')
 
 
@@ -445,30 +455,43 @@ HEADER = ('| model | NFE | train min | images seen | FD | KID | precision | reca
           '| rarest | mean pixel | ms / image |')
 
 
-def table_line(r):
+def table_line(r, mark='', bold=()):
+    """A row of the table (summarise's dict); `mark` follows its timings (train min, ms / image); the metrics
+    named in `bold` are set in bold."""
     model = 'nfe' in r
+    metric = lambda key, fmt: cell(r, key, fmt, key in bold)       # noqa: E731
     return ' | '.join(['', r['label'], str(r['nfe']) if model else '',
-                       f"{r['train_minutes']:.0f}" if model and r['train_minutes'] is not None else '',
-                       f"{r['images_seen']:,}" if model else '', cell(r, 'fd', '.2f'), cell(r, 'kid_mean', '.3f'),
-                       cell(r, 'precision', '.3f'), cell(r, 'recall', '.3f'),
+                       f"{r['train_minutes']:.0f}{mark}" if model and r['train_minutes'] is not None else '',
+                       f"{r['images_seen']:,}" if model else '', metric('fd', '.2f'), metric('kid_mean', '.3f'),
+                       metric('precision', '.3f'), metric('recall', '.3f'),
                        f"{100 * r['min_share']:.1f}% - {100 * r['max_share']:.1f}%", r['rarest'],
-                       cell(r, 'mean_pixel', '.1f'), f"{r['ms_per_image']:.1f}" if model else '', '']).strip()
+                       metric('mean_pixel', '.1f'), f"{r['ms_per_image']:.1f}{mark}" if model else '', '']).strip()
+
+
+def table_markdown(n, rows, marked=()):
+    """table.md: a line per row (summarise's dicts, scored at n), the rows named in `marked` with a * after
+    their timings, and the test images' mean pixel."""
+    lines = [HEADER, '|---' * HEADER.count(' | ') + '|---|']
+    lines += [table_line(r, ' *' if r['row'] in marked else '') for r in rows]
+    ref = next((r['reference_mean_pixel'] for r in rows if r['reference_mean_pixel'] is not None), None)
+    if ref is not None:
+        lines.append(f'\nn = {n} samples per row against the test images (mean pixel {ref:.1f}).')
+    return '\n'.join(lines) + '\n'
 
 
 def write_table(root, rows, results, n, minutes=None):
-    """table.md and table.json: a line per row of `rows` from its metrics.json files in `results`."""
+    """table.md and table.json: a line per row of `rows` from its metrics.json files in `results`.
+    Returns what table.json holds."""
     table = [summarise(row, results[row], (minutes or {}).get(row)) for row in rows]
     for r in table:
         if r['row'] == 'floor':                         # n training images, as many as each row's samples
             r['label'] = f'{n:,} training images (the floor)'
-    lines = [HEADER, '|---' * HEADER.count(' | ') + '|---|'] + [table_line(r) for r in table]
-    ref = next((r['reference_mean_pixel'] for r in table if r['reference_mean_pixel'] is not None), None)
-    if ref is not None:
-        lines.append(f'\nn = {n} samples per row against the test images (mean pixel {ref:.1f}).')
-    (root / 'table.md').write_text('\n'.join(lines) + '\n')
+    text = table_markdown(n, table)
+    (root / 'table.md').write_text(text)
     (root / 'table.json').write_text(json.dumps(dict(n=n, rows=table), indent=2) + '\n')
-    print('\n'.join(lines))
+    print(text, end='')
     print(f'wrote {root / "table.md"} and {root / "table.json"}')
+    return dict(n=n, rows=table)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -530,24 +553,40 @@ def write_figure(root, rows, data_dir, shipped=False):
 
 def write_nfe_table(root, points, n, minutes, floor=None):
     """nfe_table.md, nfe.json, nfe.png and nfe_samples.png from the Points of the comparison (nfe_points),
-    all at n samples: the table (nfe_rows) and the answers of each DDPM run (nfe_answer)."""
+    all at n samples: the table (nfe_rows) and the answers of each DDPM run (nfe_answers). Returns what
+    nfe.json holds."""
     rows = nfe_rows(points, n, minutes, floor)
-    lines = [HEADER, '|---' * HEADER.count(' | ') + '|---|'] + [table_line(r) for r in rows]
-    target = next((r for r in rows if r['row'] == 'kld_d'), None)
-    answers = []
-    for ddpm in DIFFUSION_ROWS:
-        if target is not None and any(r['row'] == ddpm and r['sampler'] != ANCESTRAL for r in rows):
-            answer, sentences = nfe_answer(rows, ddpm, target)
-            answers.append(answer)
-            lines += sentences
-    threads = sorted({str(p.scores['threads']) for p in points if 'threads' in p.scores})   # as sample.py recorded
-    lines.append(f'\nn = {n} samples per row, batch {BATCH}'
-                 + (f", {' or '.join(threads)} CPU thread(s) per sampling process." if threads else '.'))
-    (root / 'nfe_table.md').write_text('\n'.join(lines) + '\n')
-    (root / 'nfe.json').write_text(json.dumps(dict(n=n, rows=rows, answers=answers), indent=2) + '\n')
-    print('\n'.join(lines))
+    nfe = dict(n=n, rows=rows, answers=[answer for answer, _ in nfe_answers(rows)])
+    text = nfe_markdown(nfe)
+    (root / 'nfe_table.md').write_text(text)
+    (root / 'nfe.json').write_text(json.dumps(nfe, indent=2) + '\n')
+    print(text, end='')
     nfe_figure(root / 'nfe.png', rows, n)
     nfe_samples(root, points, n)
+    return nfe
+
+
+def nfe_markdown(nfe, sentences=True, bold=lambda r: ()):
+    """nfe_table.md from what nfe.json holds: the table, the answers in sentences (unless `sentences` is
+    False) and the threads each sampling ran on, as sample.py recorded them; `bold(row)` names the metrics
+    of a row set in bold (none in nfe_table.md)."""
+    rows = nfe['rows']
+    lines = [HEADER, '|---' * HEADER.count(' | ') + '|---|'] + [table_line(r, bold=bold(r)) for r in rows]
+    for _, answer_lines in (nfe_answers(rows) if sentences else []):
+        lines += answer_lines
+    threads = sorted({str(r['threads']) for r in rows if r.get('threads') is not None})
+    lines.append(f"\nn = {nfe['n']} samples per row, batch {BATCH}" + (
+        f", {' or '.join(threads)} CPU {'thread' if threads == ['1'] else 'threads'} per sampling process."
+        if threads else '.'))
+    return '\n'.join(lines) + '\n'
+
+
+def nfe_answers(rows):
+    """[(answer, sentences)] of each DDPM run whose DDIM curve is in `rows`, against RGM-KLD-D (nfe_answer);
+    none without RGM-KLD-D."""
+    target = next((r for r in rows if r['row'] == 'kld_d'), None)
+    return [nfe_answer(rows, ddpm, target) for ddpm in DIFFUSION_ROWS
+            if target is not None and any(r['row'] == ddpm and r['sampler'] != ANCESTRAL for r in rows)]
 
 
 def nfe_rows(points, n, minutes, floor=None):
@@ -672,10 +711,10 @@ def nfe_figure(path, rows, n):
 
 def write_pnp_table(root, data_dir, n, shipped=False):
     """Table 4 in small: the KLD-D and KLD-SR models restoring `n` test images per task, with the
-    settings each model's `pnp.py --tune` chose on `n` training images, beside the baselines."""
+    settings each model's `pnp.py --tune` chose on `n` training images, beside the baselines: pnp_table.md.
+    Returns {n, rows, tasks: {task: {row: the mean PSNR / SSIM of each method, and the setting}}}, or None
+    when a row has no generator."""
     import pnp
-    lines = ['| task | pseudo-inverse H^+ y | bicubic | ' + ' | '.join(ROWS[r] for r in PNP_ROWS) + ' |',
-             '|---|---|---|' + '---|' * len(PNP_ROWS)]
     results = {}
     for row in PNP_ROWS:
         ckpt = weights(root, row, shipped)
@@ -691,16 +730,61 @@ def write_pnp_table(root, data_dir, n, shipped=False):
             pnp.main(pnp.build_parser().parse_args(
                 ['--task', task, *common, '--M', str(setting['M']), '--lam', str(setting['lam']), '--alpha',
                  str(setting['alpha']), '--out', str(out), '--overwrite']))
-            results[row, task] = dict(json.loads((out / 'summary.json').read_text())['mean'], setting=setting)
-    for task in PNP_TASKS:
-        first = results[PNP_ROWS[0], task]
+            results.setdefault(task, {})[row] = dict(json.loads((out / 'summary.json').read_text())['mean'],
+                                                     setting=setting)
+    table = dict(n=n, rows=list(PNP_ROWS), tasks={task: results[task] for task in PNP_TASKS})
+    text = pnp_markdown(table)
+    (root / 'pnp_table.md').write_text(text)
+    print(text, end='')
+    return table
+
+
+def pnp_markdown(table):
+    """pnp_table.md from what write_pnp_table returns: PSNR / SSIM per task of each baseline and each
+    row's model, with the setting it was run at."""
+    rows = table['rows']
+    lines = ['| task | pseudo-inverse H^+ y | bicubic | ' + ' | '.join(ROWS[r] for r in rows) + ' |',
+             '|---|---|---|' + '---|' * len(rows)]
+    for task, by_row in table['tasks'].items():
+        first = by_row[rows[0]]
         cell = lambda m: f"{m['psnr']:.2f} / {m['ssim']:.3f}"     # noqa: E731
-        s = lambda row: results[row, task]['setting']             # noqa: E731
+        s = lambda row: by_row[row]['setting']                     # noqa: E731
         lines.append(f"| {task} | {cell(first['pinv'])} | {cell(first['bicubic']) if 'bicubic' in first else ''} | "
-                     + ' | '.join(f"{cell(results[row, task]['rgm'])} (M {s(row)['M']}, lambda {s(row)['lam']:g}, "
-                                  f"alpha {s(row)['alpha']:g})" for row in PNP_ROWS) + ' |')
-    (root / 'pnp_table.md').write_text('\n'.join(lines) + '\n')
-    print('\n'.join(lines))
+                     + ' | '.join(f"{cell(by_row[row]['rgm'])} (M {s(row)['M']}, lambda {s(row)['lam']:g}, "
+                                  f"alpha {s(row)['alpha']:g})" for row in rows) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The results file: what a run measured (table.json, nfe.json, the plug-and-play table) with the command,
+# date and machine that measured it: results.json in --root; --publish NAME copies it to results/NAME.json.
+# What README.md and docs/ show of such files: bench/fashion_pages.py.
+
+def write_results(root, table, nfe, pnp):
+    """results.json: the run's parts (None for a part not made), its command line, date and machine."""
+    command = ('python bench/fashion_table.py ' + ' '.join(sys.argv[1:])).replace(str(Path.home()), '~')
+    results = dict(command=command, date=time.strftime('%Y-%m-%d'), machine=common.machine(), table=table,
+                   nfe=nfe, pnp=pnp)
+    (root / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
+    print(f"wrote {root / 'results.json'}")
+
+
+def publish(root, name):
+    """Copy the run's results.json to results/<name>.json and render README.md and docs/ from the results
+    files (bench/render.py names the file of each table)."""
+    import shutil
+    import render
+    shutil.copy(root / 'results.json', ROOT / 'results' / f'{name}.json')
+    print(f'wrote results/{name}.json')
+    for path in render.render_all():
+        print(f'rendered {path}')
+
+
+def results_name(text):
+    """--publish's NAME: letters, digits, _ and - only (a file in results/)."""
+    if not text or not all(c.isalnum() or c in '_-' for c in text):
+        raise argparse.ArgumentTypeError(f'{text!r}: a results file name is letters, digits, _ and - only')
+    return text
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -759,6 +843,10 @@ if __name__ == '__main__':
     p.add_argument('--pnp', action='store_true', help='also Table 4 in small: KLD-D and KLD-SR on denoise, sr2, sr4')
     p.add_argument('--pnp-n', type=cli.positive_int, default=100,
                    help='training images for the settings, test images scored')
+    p.add_argument('--publish', type=results_name, metavar='NAME', help='also copy results.json (what the run '
+                   'measured, with its command, date and machine) to results/NAME.json and render README.md and '
+                   'docs/ from the results files (bench/render.py names the file of each table: fashion_table, '
+                   'fashion_table_ablations, fashion_nfe, fashion_nfe_4x, fashion_pnp)')
     args = p.parse_args()
     if args.n < 2 or args.nfe_n < 2:
         p.error('--n and --nfe-n must be at least 2')

@@ -103,7 +103,7 @@ def test_the_nfe_table_finds_the_fewest_ddim_steps_that_reach_rgm(tmp_path):
     assert answers['ddpm']['ancestral_fd'] == 2.0 and answers['ddpm']['ancestral_time_ratio'] == pytest.approx(250)
     text = (tmp_path / 'nfe_table.md').read_text()
     assert 'levels reaches it (FD 2.00, 250x the NFE)' in text and 'levels does not reach it (FD 12.00' in text
-    assert text.rstrip().endswith('1 CPU thread(s) per sampling process.')     # as sample.py recorded them
+    assert text.rstrip().endswith('1 CPU thread per sampling process.')     # as sample.py recorded them
 
 
 def test_a_time_ratio_only_between_points_sampled_on_the_same_threads():
@@ -244,3 +244,21 @@ def test_train_minutes_come_from_the_run_whose_generator_is_scored(tmp_path):
     assert ft.train_minutes(tmp_path, 'kld_sr', shipped=True) is None
     (tmp_path / 'kld_sr' / 'log.jsonl').write_text(json.dumps(dict(step=50, img_per_s=64.0)) + '\n')
     assert ft.train_minutes(tmp_path, 'kld_sr', shipped=True) == pytest.approx(4000 * 32 / 64.0 / 60)
+
+
+def test_the_runner_keeps_its_results_with_command_date_and_machine_and_publishes_them(tmp_path, monkeypatch):
+    import render
+    table = dict(n=100, rows=[ft.summarise('kld_d', [scored(5.0, 4, 10.0)])])
+    monkeypatch.setattr(sys, 'argv', ['bench/fashion_table.py', '--rows', 'kld_d', '--n', '100'])
+    ft.write_results(tmp_path, table, None, None)
+    results = json.loads((tmp_path / 'results.json').read_text())
+    assert results['command'] == 'python bench/fashion_table.py --rows kld_d --n 100'
+    assert results['table'] == table and results['nfe'] is None and len(results['date']) == 10
+    assert 'cores' in results['machine']
+    (tmp_path / 'repo' / 'results').mkdir(parents=True)
+    monkeypatch.setattr(ft, 'ROOT', tmp_path / 'repo')
+    monkeypatch.setattr(render, 'ROOT', tmp_path / 'repo')          # no documents there: nothing rendered
+    ft.publish(tmp_path, 'fashion_small')
+    assert (tmp_path / 'repo' / 'results' / 'fashion_small.json').read_text() == (tmp_path / 'results.json').read_text()
+    with pytest.raises(Exception, match='letters, digits'):
+        ft.results_name('../README')

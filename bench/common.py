@@ -1,16 +1,9 @@
-"""Helpers shared by the benchmark scripts (and the torchrun tests): timing, the machine a result was
-measured on, and the processes started under a torchrun agent."""
-import os
-import platform
+"""Helpers shared by the benchmark scripts (and the torchrun tests): timing, and the processes
+started under a torchrun agent."""
 import time
 from pathlib import Path
 
 import torch
-
-
-def machine():
-    """What the numbers were measured on, in one line (kept with every results file)."""
-    return f'{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}'
 
 
 def median_seconds(fn, reps, device, warmup=True):

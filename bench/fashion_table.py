@@ -23,7 +23,7 @@ same --nfe-n. `--threads N` runs every sampling on N CPU threads; the tables say
 
 Everything a run measured goes into --root/results.json with its command, date and machine;
 `--publish NAME` copies it to results/NAME.json and renders README.md and docs/ from the results files
-(bench/render.py; the views they show: bench/fashion_pages.py).
+(bench/render.py; the views they show: bench/pages.py).
 
 The file reads in the order of a run: the rows and the constants; the two record types; where a row's
 generator comes from; training; sampling and scoring; the estimate; main and its phases; then what
@@ -43,7 +43,6 @@ from typing import NamedTuple, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import cli  # noqa: E402
-import common  # noqa: E402   (bench/common.py)
 import metrics  # noqa: E402
 import train_images  # noqa: E402
 
@@ -758,13 +757,11 @@ def pnp_markdown(table):
 # ---------------------------------------------------------------------------------------------------------
 # The results file: what a run measured (table.json, nfe.json, the plug-and-play table) with the command,
 # date and machine that measured it: results.json in --root; --publish NAME copies it to results/NAME.json.
-# What README.md and docs/ show of such files: bench/fashion_pages.py.
+# What README.md and docs/ show of such files: bench/pages.py.
 
 def write_results(root, table, nfe, pnp):
     """results.json: the run's parts (None for a part not made), its command line, date and machine."""
-    command = ('python bench/fashion_table.py ' + ' '.join(sys.argv[1:])).replace(str(Path.home()), '~')
-    results = dict(command=command, date=time.strftime('%Y-%m-%d'), machine=common.machine(), table=table,
-                   nfe=nfe, pnp=pnp)
+    results = dict(cli.provenance('bench/fashion_table.py'), table=table, nfe=nfe, pnp=pnp)
     (root / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
     print(f"wrote {root / 'results.json'}")
 

@@ -1,14 +1,17 @@
-"""The Fashion-MNIST tables of README.md and docs/, made from the results files of bench/fashion_table.py
-(results/<name>.json: what one command measured, with its command, date and machine). bench/render.py
-maps each rendered block to its file and to one of the render_* functions here; tests/test_render.py
-fails when a block differs from what its file renders.
+"""The tables of README.md and docs/ made from results files in results/ (each says what one command
+measured, with its command, date and machine): the Fashion-MNIST runner's (bench/fashion_table.py
+--publish) and the 2D toy's (toy2d.py's metrics.json, one per seed). bench/render.py maps each rendered
+block to its file(s) and to one of the render_* functions here; tests/test_render.py fails when a block
+differs from what its files render.
 
-The docs' tables are the runner's own (table.md, nfe_table.md, pnp_table.md made again from the file);
-the README's are short views of them. Bold marks where a row beats RGM-KLD-D, computed from the numbers
-(the README's headline row aside, whose emphasis is fixed: SHORT_BOLD).
+Fashion-MNIST: the docs' tables are the runner's own (table.md, nfe_table.md, pnp_table.md made again
+from the file); the README's are short views of them. Bold marks where a row beats RGM-KLD-D, computed
+from the numbers (the README's headline row aside, whose emphasis is fixed: SHORT_BOLD).
 """
 import fashion_table as ft
 
+# ---------------------------------------------------------------------------------------------------------
+# Fashion-MNIST (bench/fashion_table.py)
 
 def md_row(cells):
     """A markdown table line; an empty cell is written '| |'."""
@@ -128,3 +131,47 @@ def render_nfe_4x(results):
 def render_pnp_table(results):
     """docs/fashion_mnist.md's Table 4 in small: pnp_table.md."""
     return ft.pnp_markdown(results['pnp'])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The 2D toy (toy2d.py): one metrics.json per seed, its `results` holding each method's and the data's
+
+TOY_METHODS = {'kld': 'RGM-KLD', 'mmd': 'RGM-MMD', 'dswd': 'RGM-DSWD', 'mmse': 'MMSE'}
+
+
+def toy_cells(seeds, method, text):
+    """One cell over the seeds: text(results of `method`) per seed, joined by ' / '."""
+    return ' / '.join(text(seed['results'][method]) for seed in seeds)
+
+
+def toy_distance(r):
+    """An energy distance: four decimals near the noise floor, two far from it."""
+    return f"{r['energy_distance']:.4f}" if r['energy_distance'] < 0.1 else f"{r['energy_distance']:.2f}"
+
+
+def toy_spread(r):
+    return '-' if r.get('spread_min') is None else f"{r['spread_min']:.3f}-{r['spread_max']:.2f}"
+
+
+def render_toy_table(*seeds):
+    """docs/toy2d.md's table: each method (and fresh data) on every seed, the seeds' values side by side."""
+    floor = ' / '.join(f"{seed['results']['data']['energy_distance_floor']:.4f}" for seed in seeds)
+    lines = ['| method | modes (of 8) | high-quality fraction | spread / true std (min-max over modes) | energy '
+             f'distance (noise floor {floor}) | training (s) |', '|---' * 6 + '|']
+    for method, label in {'data': 'data (fresh samples)', **TOY_METHODS}.items():
+        cells = [toy_cells(seeds, method, lambda r: str(r['modes'])),
+                 toy_cells(seeds, method, lambda r: f"{r['hq_fraction']:.3f}"), toy_cells(seeds, method, toy_spread),
+                 toy_cells(seeds, method, toy_distance),
+                 '-' if method == 'data' else toy_cells(seeds, method, lambda r: f"{r['train_seconds']:.0f}")]
+        lines.append(md_row([label, *cells]))
+    return '\n'.join(lines) + '\n'
+
+
+def render_toy_short(*seeds):
+    """The README's view of the toy table: modes, high-quality share and energy distance of each method."""
+    lines = ['| method | modes (of 8) | high-quality share | energy distance |', '|---' * 4 + '|']
+    for method, label in TOY_METHODS.items():
+        lines.append(md_row([label, toy_cells(seeds, method, lambda r: str(r['modes'])),
+                             toy_cells(seeds, method, lambda r: f"{r['hq_fraction']:.3f}"),
+                             toy_cells(seeds, method, toy_distance)]))
+    return '\n'.join(lines) + '\n'

@@ -35,13 +35,15 @@ def _curves(render):
 
 def _pages(render):
     def make(*results):
-        import fashion_pages
-        return getattr(fashion_pages, render)(*results)
+        import pages
+        return getattr(pages, render)(*results)
     return make
 
 
 # Fashion-MNIST: one results file per command of bench/fashion_table.py (its --publish NAME writes them)
 TABLE = ('results/fashion_table.json', 'results/fashion_table_ablations.json')      # the ablations: a later run
+# the 2D toy: toy2d.py's metrics.json of each seed
+TOY = tuple(f'results/toy2d_seed{seed}.json' for seed in (0, 1, 2))
 
 # name: (results file or files, function of their JSON -> markdown)
 RENDERERS = {
@@ -51,6 +53,8 @@ RENDERERS = {
     'fashion_nfe_short': ('results/fashion_nfe.json', _pages('render_nfe_short')),
     'fashion_nfe_4x': ('results/fashion_nfe_4x.json', _pages('render_nfe_4x')),
     'fashion_pnp_table': ('results/fashion_pnp.json', _pages('render_pnp_table')),
+    'toy2d_table': (TOY, _pages('render_toy_table')),
+    'toy2d_short': (TOY, _pages('render_toy_short')),
     'fashion_curves_table': ('results/fashion_curves.json', _curves('render_table')),
     'fashion_curves_claims': ('results/fashion_curves.json', _curves('render_claims')),
     'fashion_curves_status': ('results/fashion_curves.json', _curves('render_status')),

@@ -1,6 +1,6 @@
 """Rendered tables (bench/render.py): every block in README.md and docs/ equals what its committed
 results file renders, and a block edited by hand is found and rewritten, nothing else touched; the
-Fashion-MNIST views (bench/fashion_pages.py) checked on numbers made here."""
+views of bench/pages.py checked on numbers made here."""
 import json
 import sys
 from pathlib import Path
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / 'bench'))   # last: bench/models.py, bench/pnp.py shadow no module
-import fashion_pages as pages  # noqa: E402
+import pages  # noqa: E402
 import fashion_table as ft  # noqa: E402
 import render  # noqa: E402
 
@@ -90,3 +90,21 @@ def test_the_views_set_in_bold_where_a_ddpm_point_beats_rgm_kld_d():
     assert four[3] == '| DDIM | 25 | **4.90** | **0.050** | 0.500 | 0.100 | **50.0% - 50.0%** | 60.0 | 50.0 |'
     assert '**' not in four[2] + four[4] and four[-1].startswith('RGM-KLD-D for comparison: FD 5.00, KID 0.100')
     assert '| **4.00** | 0.200 | 0.500 | **0.300** |' in pages.render_nfe_table(dict(nfe=dict(nfe, n=100)))
+
+
+def test_the_toy_tables_join_the_seeds_and_write_what_is_not_measured_as_a_dash():
+    def seed(ed, spread, hq, seconds):
+        methods = {m: dict(modes=8, hq_fraction=hq, spread_min=spread[0], spread_max=spread[1], energy_distance=ed,
+                           train_seconds=seconds) for m in ('kld', 'mmd', 'dswd')}
+        methods['mmse'] = dict(modes=0, hq_fraction=0.0, spread_min=None, spread_max=None, energy_distance=0.2659,
+                               train_seconds=5.0)
+        data = dict(modes=8, hq_fraction=0.9891, spread_min=0.9667, spread_max=0.9941, energy_distance=0.0007,
+                    energy_distance_floor=0.00071)
+        return dict(results=dict(data=data, **methods))
+    seeds = (seed(0.0010, (0.9402, 0.9893), 0.9644, 223.0), seed(0.0022, (0.912, 1.08), 0.965, 198.4))
+    table = pages.render_toy_table(*seeds).splitlines()
+    assert 'energy distance (noise floor 0.0007 / 0.0007)' in table[0]
+    assert table[2] == '| data (fresh samples) | 8 / 8 | 0.989 / 0.989 | 0.967-0.99 / 0.967-0.99 | 0.0007 / 0.0007 | - |'
+    assert table[3] == '| RGM-KLD | 8 / 8 | 0.964 / 0.965 | 0.940-0.99 / 0.912-1.08 | 0.0010 / 0.0022 | 223 / 198 |'
+    assert table[6] == '| MMSE | 0 / 0 | 0.000 / 0.000 | - / - | 0.27 / 0.27 | 5 / 5 |'
+    assert pages.render_toy_short(*seeds).splitlines()[2] == '| RGM-KLD | 8 / 8 | 0.964 / 0.965 | 0.0010 / 0.0022 |'

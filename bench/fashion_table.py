@@ -6,7 +6,7 @@
     python bench/fashion_table.py --shipped                    # the shipped weights for rows not trained here
     python bench/fashion_table.py --rows kld_d kld_sr ddpm     # RGM against a DDPM: quality against NFE
 
-For each model row it trains the model unless it has a generator already (weights(): its final checkpoint
+For each model row it trains the model unless it has a generator already (source(): its final checkpoint
 under --root/<row>, else with --shipped its file in checkpoints/; a run cut short is resumed from its
 latest checkpoint), samples --n images with sample.py (seeded), scores them with the Fashion-MNIST
 classifier against the test images (FD, KID, precision / recall, class shares, mean pixel value), and at
@@ -175,6 +175,7 @@ def run(cmd, log):
 
 
 def train(root, row, data_dir, threads=0):
+    """train_images.py on one row into --root/<row>, resumed if a run there was cut short."""
     _, preset, flags = MODEL_ROWS[row]
     out = root / row
     resume = ['--resume'] if train_images.checkpoints(str(out / 'checkpoints')) else []
@@ -322,6 +323,8 @@ def estimate(root, rows, n, seeds, nfe_n=None, shipped=False, samplers=SAMPLERS,
 # main, in phases: the plan, training and scoring, the tables
 
 def main(args):
+    """The runner in phases: the plan and its estimate, training and scoring, the tables and figures,
+    plug-and-play, the results file. --ship does only the export."""
     root = Path(args.root)
     if args.ship:
         return ship(root, args.data_dir, args.classifier)
@@ -352,8 +355,8 @@ def print_plan(root, rows, args):
 
 def train_and_score(root, rows, args):
     """Train the rows without a generator (side by side first with --jobs, else each just before it is
-    scored) and score each model row: the Points of every sampling, and of the samplers an earlier run
-    scored a diffusion row at at this --nfe-n (they join the NFE comparison); none with --train-only."""
+    scored) and score each model row: the Points of every sampling, and of the samplers at which an earlier
+    run scored a diffusion row at this --nfe-n (they join the NFE comparison); none with --train-only."""
     seeds, diffusion = seeds_of(rows), any(row in DIFFUSION_ROWS for row in rows)
     points, started = [], time.time()
     untrained = [row for row in rows if row in MODEL_ROWS and not weights(root, row, args.shipped)]
@@ -823,7 +826,7 @@ if __name__ == '__main__':
                    'at this --nfe-n')
     p.add_argument('--shipped', action='store_true', help='rows that ship weights (' + ', '.join(SHIPPED_ROWS)
                    + ') and have no final checkpoint under --root are scored from checkpoints/ instead of '
-                   'trained; a final checkpoint under --root comes first (weights())')
+                   'trained; a final checkpoint under --root comes first (source())')
     p.add_argument('--data-dir', default='data', help='Fashion-MNIST files (see data.py)')
     p.add_argument('--classifier', default=metrics.DEFAULT_CLASSIFIER, help='the classifier file (metrics.py)')
     p.add_argument('--dry-run', action='store_true', help='print what would be done and how long it would take')

@@ -140,6 +140,15 @@ def finite_or_none(obj):
     return obj
 
 
+def provenance(script):
+    """What a results file says of its making: the command line (`script` and this process's arguments,
+    the home folder as ~), today's date and the machine."""
+    import platform
+    command = ' '.join(['python', script, *sys.argv[1:]]).replace(os.path.expanduser('~'), '~')
+    return dict(command=command, date=datetime.date.today().isoformat(),
+                machine=f'{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}')
+
+
 def write_json(path, obj):
     """JSON that standard parsers read: non-finite floats become null (never NaN or Infinity)."""
     with open(path, 'w') as f:

@@ -314,7 +314,8 @@ def main(args):
 
     fig_path = os.path.join(args.out, 'toy2d.png')
     plot(columns, args.K, fig_path)
-    cli.write_json(os.path.join(args.out, 'metrics.json'), dict(config=vars(args), results=results))
+    cli.write_json(os.path.join(args.out, 'metrics.json'), dict(cli.provenance('toy2d.py'), config=vars(args),
+                                                                 results=results))
 
     print(f'\n{args.dataset}, K = {args.K}, {args.n_samples} samples per method')
     cols = ['modes', 'hq_fraction', 'spread_min', 'spread_max', 'energy_distance', 'train_seconds']

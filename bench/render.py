@@ -10,8 +10,8 @@ A rendered block is marked in the markdown by an opening and a closing comment:
     ...the rendered text...
     <!-- /render -->
 
-and RENDERERS maps its name to a results file and the function that makes the text from its JSON.
-Text between the markers is replaced; nothing else in the file is touched.
+and RENDERERS maps its name to its results file (or files) and the function that makes the text from
+their JSON. Text between the markers is replaced; nothing else in the file is touched.
 """
 import argparse
 import json
@@ -33,8 +33,28 @@ def _curves(render):
     return make
 
 
-# name: (results file, function of its JSON -> markdown)
+def _pages(render):
+    def make(*results):
+        import pages
+        return getattr(pages, render)(*results)
+    return make
+
+
+# Fashion-MNIST: one results file per command of bench/fashion_table.py (its --publish NAME writes them)
+TABLE = ('results/fashion_table.json', 'results/fashion_table_ablations.json')      # the ablations: a later run
+# the 2D toy: toy2d.py's metrics.json of each seed
+TOY = tuple(f'results/toy2d_seed{seed}.json' for seed in (0, 1, 2))
+
+# name: (results file or files, function of their JSON -> markdown)
 RENDERERS = {
+    'fashion_table': (TABLE, _pages('render_table')),
+    'fashion_table_short': (TABLE, _pages('render_short')),
+    'fashion_nfe_table': ('results/fashion_nfe.json', _pages('render_nfe_table')),
+    'fashion_nfe_short': ('results/fashion_nfe.json', _pages('render_nfe_short')),
+    'fashion_nfe_4x': ('results/fashion_nfe_4x.json', _pages('render_nfe_4x')),
+    'fashion_pnp_table': ('results/fashion_pnp.json', _pages('render_pnp_table')),
+    'toy2d_table': (TOY, _pages('render_toy_table')),
+    'toy2d_short': (TOY, _pages('render_toy_short')),
     'fashion_curves_table': ('results/fashion_curves.json', _curves('render_table')),
     'fashion_curves_claims': ('results/fashion_curves.json', _curves('render_claims')),
     'fashion_curves_status': ('results/fashion_curves.json', _curves('render_status')),
@@ -46,8 +66,8 @@ def rendered(name):
     """The text of block `name`, made from its results file."""
     if name not in RENDERERS:
         raise ValueError(f'unknown rendered block {name!r}; known: {", ".join(RENDERERS)}')
-    path, make = RENDERERS[name]
-    text = make(json.loads((ROOT / path).read_text()))
+    paths, make = RENDERERS[name]
+    text = make(*(json.loads((ROOT / path).read_text()) for path in ([paths] if isinstance(paths, str) else paths)))
     return text if text.endswith('\n') else text + '\n'
 
 

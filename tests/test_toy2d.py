@@ -110,6 +110,8 @@ def test_main_writes_figure_samples_and_metrics(tmp_path):
         assert x.shape == (5000, 2) and np.isfinite(x).all()
     metrics = json.loads((tmp_path / 'metrics.json').read_text())
     assert set(metrics['results']) == {'data', *toy2d.METHODS}
+    assert metrics['command'].startswith('python toy2d.py') and metrics['config']['seed'] == args.seed
+    assert len(metrics['date']) == 10 and 'cores' in metrics['machine']      # a results file for bench/render.py
     assert (tmp_path / 'toy2d.png').stat().st_size > 10_000
 
 

@@ -33,6 +33,12 @@ def _curves(render):
     return make
 
 
+def _load(results):
+    import load
+    return (f"`{results['command']}`, {results['date']}, {results['machine']}, torch {results['torch']}, "
+            f"preset {results['preset']}, {results['steps']} timed steps a row:\n\n{load.table(results['rows'])}\n")
+
+
 def _pages(render):
     def make(*results):
         import pages
@@ -54,6 +60,7 @@ RENDERERS = {
     'fashion_nfe_4x': ('results/fashion_nfe_4x.json', _pages('render_nfe_4x')),
     'fashion_pnp_table': ('results/fashion_pnp.json', _pages('render_pnp_table')),
     'toy2d_table': (TOY, _pages('render_toy_table')),
+    'load_table': ('results/load_fashion_kld_d_2026-12-04.json', _load),
     'toy2d_short': (TOY, _pages('render_toy_short')),
     'fashion_curves_table': ('results/fashion_curves.json', _curves('render_table')),
     'fashion_curves_claims': ('results/fashion_curves.json', _curves('render_claims')),

@@ -177,7 +177,10 @@ def cache_reference(reference, image_size, device='cpu', **kwargs):
 class Scores:
     """FID / IS (RGB models, --fid / --is) and, for Fashion-MNIST models, the classifier distance and
     class shares. `prepare()` returns what it learnt of the reference (its IS, the classifier's
-    accuracy); calling the object on uint8 samples returns the scores; both as summary entries."""
+    accuracy); calling the object on uint8 samples returns the scores; both as summary entries.
+    One class for both families on purpose: it holds no metric, only what sample.py needs of either
+    (every argument checked before sampling, the reference loaded before the work, one summary after);
+    the Inception metrics live in `fidelity_metrics`, the Fashion-MNIST ones in `scores_against`."""
 
     def __init__(self, meta, n, fid=False, isc=False, reference=None, fashion=True, classifier=None,
                  data_dir=None, inception=None, fid_cache=None, batch_size=250, device='cpu'):

@@ -93,6 +93,16 @@ def weights(root, row, shipped=False):
     return final_checkpoint(root, row) or (shipped_file(row) if shipped else None)
 
 
+def check_shipped(root, rows):
+    """--shipped: every row of SHIPPED_ROWS asked for and not trained under --root needs its file in
+    checkpoints/; a missing one is refused, named, rather than planned as a training of hours."""
+    missing = [f'checkpoints/{MODEL_ROWS[row][1]}.pt ({row})' for row in rows
+               if row in SHIPPED_ROWS and not weights(root, row, shipped=True)]
+    if missing:
+        raise FileNotFoundError(f'--shipped: {", ".join(missing)} missing from {ROOT / "checkpoints"}: restore '
+                                'it (git checkout checkpoints/), or drop --shipped to train the row')
+
+
 def train_minutes(root, row, shipped=False):
     """Minutes the row's training takes alone: its steps times the median seconds per step of its own
     log (robust to a few disturbed stretches), or the rate stored with the shipped weights; None when
@@ -286,6 +296,10 @@ def main(args):
     root, rows = Path(args.root), args.rows or list(ROWS)
     seeds = {row: [0, 1, 2] if row == SEEDED_ROW else [0] for row in rows}
     diffusion = any(row in DIFFUSION_ROWS for row in rows)
+    if args.shipped:
+        check_shipped(root, rows)
+    if not args.train_only:
+        metrics.check_classifier(args.classifier)       # a mistyped --classifier stops before hours of training
     lines, total = estimate(root, rows, args.n, seeds, args.nfe_n, args.shipped, args.samplers, args.jobs, args.pnp)
     print(f'{len(rows)} rows in {root}, n = {args.n}' + (f', diffusion comparison at n = {args.nfe_n}' if diffusion
           else '') + f'; about {total / 3600:.1f} hours left on a 2-core CPU:')

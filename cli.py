@@ -1,7 +1,7 @@
 """The command-line pieces every script shares, declared once.
 
     argument types      counts and scales that cannot be zero or negative fail at parsing
-    prepare_out         the one rule for an output folder (--out, --overwrite)
+    prepare_out         the one rule for an output folder (--out, --overwrite), writable (check_out_folder)
     write_json          JSON that standard parsers read (no NaN, no Infinity)
     generator flags     --ckpt, --no-ema and the flags of the authors' generator files, and their loader
     init_distributed    torchrun's process group (NCCL on GPUs, gloo on CPUs)
@@ -90,9 +90,8 @@ def prepare_out(out, owned, overwrite, what='output', remove=True):
     script writes (`owned`: names or glob patterns) are removed, so no file of the earlier run is left
     beside the new ones; files the script does not write are kept. With remove=False only the check
     runs (scripts call it so before their work, and again with remove=True just before writing)."""
+    check_out_folder(out)
     if not os.path.isdir(out):
-        if os.path.exists(out):
-            raise NotADirectoryError(f'--out {out!r} is a file, not a folder')
         return
     if not os.listdir(out):
         return
@@ -102,6 +101,22 @@ def prepare_out(out, owned, overwrite, what='output', remove=True):
     for pattern in owned if remove else ():
         for path in glob.glob(os.path.join(glob.escape(out), pattern)):
             shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+
+
+def check_out_folder(out):
+    """--out can be made and written to: a file in its place, or a folder (or the nearest existing folder
+    above it) that this user cannot write to (read-only, another user's), is refused before any work."""
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise NotADirectoryError(f'--out {out!r} is a file, not a folder')
+    nearest = os.path.abspath(out)
+    while not os.path.lexists(nearest):                 # where --out will be made
+        nearest = os.path.dirname(nearest)
+    if not os.path.isdir(nearest):
+        raise NotADirectoryError(f'--out {out!r} cannot be made: {nearest!r} is a file, not a folder')
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        where = 'the folder' if nearest == os.path.abspath(out) else f'the folder above it, {nearest!r},'
+        raise PermissionError(f'--out {out!r}: {where} is not writable (read-only, or another user\'s): '
+                              'choose another --out')
 
 
 def deliberate(e):

@@ -122,9 +122,9 @@ GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'I;16L', 'I;16B', 'I;16N')
 
 def open_image(path, mode=None):
     """An image file as an 8-bit PIL image: mode 'RGB' or 'L', or None for 'L' when the file is gray
-    and 'RGB' otherwise (palette and alpha images are read as RGB, alpha dropped). 16-bit gray files
-    (PIL modes I;16*, and I, which is how PIL opens 16-bit PNGs) are scaled by 255 / 65535, not
-    clipped at 255. An EXIF orientation (a camera's rotated JPEG) is applied, so the image is upright
+    (a palette of grays too) and 'RGB' otherwise (colour palette and alpha images are read as RGB, alpha
+    dropped). 16-bit gray files (PIL modes I;16*, and I, which is how PIL opens 16-bit PNGs) are scaled
+    by 255 / 65535, not clipped at 255. An EXIF orientation (a camera's rotated JPEG) is applied, so the image is upright
     as a viewer shows it. A file that cannot be decoded raises an OSError naming it."""
     try:
         with Image.open(path) as im:
@@ -135,12 +135,18 @@ def open_image(path, mode=None):
             if im.mode.startswith('I'):                            # 16-bit gray
                 values = np.asarray(im, dtype=np.float64)
                 im = Image.fromarray(np.clip(np.round(values * 255 / 65535), 0, 255).astype(np.uint8), 'L')
-            target = mode or ('L' if im.mode in GRAY_MODES else 'RGB')
-            if im.mode == 'P' and target == 'RGB':
-                im = im.convert('RGBA')                            # a palette with transparency
-            return im.convert(target)
+            gray = im.mode in GRAY_MODES or (im.mode == 'P' and palette_is_gray(im))
+            if im.mode == 'P':
+                im = im.convert('RGBA')                            # a palette, perhaps with transparency
+            return im.convert(mode or ('L' if gray else 'RGB'))
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise OSError(f'cannot read image {path}: {e}') from e
+
+
+def palette_is_gray(im):
+    """Whether a palette image shows only grays (R = G = B at every pixel): a gray image saved with a palette."""
+    rgb = np.asarray(im.convert('RGBA'))[..., :3]
+    return bool((rgb == rgb[..., :1]).all())
 
 
 def check_images(files, progress=True):
@@ -158,7 +164,8 @@ def check_images(files, progress=True):
 def list_images(root):
     """The image files under a folder and its subfolders (IMAGE_EXTENSIONS, any case), sorted. Folders
     reached through symbolic links are followed once: a link back to a folder already walked (a loop)
-    and a second path to the same file are skipped, so every file counts once."""
+    and a second path to the same file are skipped, so every file counts once. A FIFO, socket or device
+    with an image's name is refused (opening a FIFO waits for a writer: training would hang)."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f'{root!r} is not a folder of images')
     files, seen_dirs, seen_files = [], set(), set()
@@ -171,6 +178,9 @@ def list_images(root):
         subfolders.sort()
         for name in sorted(names):
             path = os.path.join(folder, name)
+            if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.exists(path) and not os.path.isfile(path):
+                raise OSError(f'{path} is not a regular file (a FIFO, socket or device?): reading it could wait '
+                              'forever; move it out of the folder')
             if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.realpath(path) not in seen_files:
                 seen_files.add(os.path.realpath(path))
                 files.append(path)

@@ -198,6 +198,8 @@ class Scores:
                              f'got {n}')
         if isc and n < 10:
             raise ValueError(f'the Inception Score averages over 10 splits: --n must be at least 10, got {n}')
+        if self.fashion:
+            check_classifier(self.classifier_path)      # a mistyped --classifier stops before the sampling
 
     def prepare(self):
         out, self.fidelity_kwargs = {}, {}
@@ -380,14 +382,27 @@ def load_classifier(path):
     return net.eval(), ckpt['test_accuracy']
 
 
-def get_classifier(path=DEFAULT_CLASSIFIER, data_dir='data', progress=True, **train_kwargs):
-    """The cached classifier at `path`, trained on the training split (and cached) on first use.
-    Returns (net, test accuracy, trained now?)."""
+def check_classifier(path, train=None):
+    """Refuse a --classifier that cannot be read or trained: a folder, or an absent file that is not to be
+    trained. An absent file is trained there when `train`; by default (None) only the default cache
+    DEFAULT_CLASSIFIER is, so that a mistyped path stops at once instead of training a new classifier."""
     if os.path.isfile(path):
-        return (*load_classifier(path), False)
+        return
     if os.path.exists(path):
         raise ValueError(f'--classifier {path!r} is not a classifier file (a folder?): give the path of the file '
                          'to read, or to write the newly trained classifier to')
+    if not (os.path.abspath(path) == os.path.abspath(DEFAULT_CLASSIFIER) if train is None else train):
+        raise FileNotFoundError(f'--classifier {path!r} does not exist: give an existing classifier file, or '
+                                f'train one there first with python metrics.py --classifier {path} --train-classifier')
+
+
+def get_classifier(path=DEFAULT_CLASSIFIER, data_dir='data', progress=True, train=None, **train_kwargs):
+    """The classifier at `path`; when the file is absent, trained on the training split and cached there
+    (at the default cache, or anywhere with train=True: check_classifier). Returns (net, test accuracy,
+    trained now?)."""
+    check_classifier(path, train)
+    if os.path.isfile(path):
+        return (*load_classifier(path), False)
     net, accuracy = train_classifier(data.FashionMNIST(data_dir, train=True), data.FashionMNIST(data_dir, train=False),
                                      progress=progress, **train_kwargs)
     save_classifier(net, accuracy, path)
@@ -553,7 +568,10 @@ FASHION_TEST_SIZE = 10_000
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--classifier', default=DEFAULT_CLASSIFIER, help='cached classifier (trained there if absent)')
+    p.add_argument('--classifier', default=DEFAULT_CLASSIFIER, help='classifier file (the default is trained there '
+                   'if absent; another path must exist, unless --train-classifier)')
+    p.add_argument('--train-classifier', action='store_true', help='train the classifier into --classifier when '
+                   'that file is absent')
     p.add_argument('--data-dir', default='data', help='Fashion-MNIST files (see data.py)')
     p.add_argument('--n', type=int, default=10_000, help='real images on each side of the floor')
     p.add_argument('--samples', nargs='+', help='samples.npz files written by sample.py --format npz: print their '
@@ -561,9 +579,10 @@ def main():
     args = p.parse_args()
     if not 2 <= args.n <= FASHION_TEST_SIZE:         # the test split is the smaller side of the floor
         p.error(f'--n must lie in 2..{FASHION_TEST_SIZE:,} (the Fashion-MNIST test images), got {args.n}')
+    train = args.train_classifier or None           # None: only the default cache is trained when absent
     if args.samples:
         sets = [load_samples(path) for path in args.samples]     # every file checked before any scoring
-        net, _, _ = get_classifier(args.classifier, args.data_dir)
+        net, _, _ = get_classifier(args.classifier, args.data_dir, train=train)
         on_disk = data.find_fashion_files(args.data_dir, train=False) is not None
         ref = (reference_of(net, data.FashionMNIST(args.data_dir, train=False).images) if on_disk
                else stored_reference(args.classifier))
@@ -573,7 +592,7 @@ def main():
             scores = scores_against(net, images, ref)
             print(json.dumps(dict(samples=path, **scores)))
         return
-    net, accuracy, trained = get_classifier(args.classifier, args.data_dir)
+    net, accuracy, trained = get_classifier(args.classifier, args.data_dir, train=train)
     print(f'classifier {args.classifier} ({"trained now" if trained else "cached"}): test accuracy {accuracy:.4f}')
     scores = reference_scores(args.classifier, args.data_dir, args.n)
     print(f"floor: FD between {args.n} training and {args.n} test images = {scores['floor']['fd']:.3f}")

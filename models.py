@@ -6,6 +6,7 @@ of the clean sample x0. Discriminators are called as ``D(x_k, k)`` on samples of
 """
 import argparse
 import functools
+import glob
 import math
 import os
 import tempfile
@@ -561,11 +562,30 @@ def save_checkpoint(ckpt, path):
             os.remove(tmp)
 
 
+def check_is_file(path, what='checkpoint'):
+    """Refuse a path that is not a file: a folder names the checkpoint files it (or its checkpoints/) holds."""
+    if os.path.isdir(path):
+        found = sorted(os.path.relpath(p, path) for folder in (path, os.path.join(path, 'checkpoints'))
+                       for ext in ('*.pt', '*.pth') for p in glob.glob(os.path.join(glob.escape(folder), ext)))
+        listing = (f'give one of its files: {", ".join(found[:10])}' + (' ...' if len(found) > 10 else '')
+                   if found else 'it holds no .pt or .pth file')
+        raise IsADirectoryError(f'{what} {str(path)!r} is a folder, not a file: {listing}')
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{what} {str(path)!r} does not exist')
+
+
+def check_keys(ckpt, path, keys, needed_by):
+    """Refuse a checkpoint that lacks one of `keys`, naming the file and what it lacks."""
+    missing = [key for key in keys if key not in ckpt]
+    if missing:
+        raise ValueError(f'{str(path)!r} lacks {", ".join(map(repr, missing))}, which {needed_by} needs: it was '
+                         'not written whole by train_images.py or models.export_generator')
+
+
 def load_checkpoint(path, map_location='cpu'):
     """Read one of our checkpoints with weights_only=True; clear errors for missing, corrupt
     or foreign files."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint {path!r} does not exist')
+    check_is_file(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:      # torch raises several types for truncated or foreign files
@@ -582,10 +602,12 @@ def load_checkpoint(path, map_location='cpu'):
 def load_generator(path, device='cpu', ema=True):
     """Rebuild G from a checkpoint alone: returns (G in eval mode, meta)."""
     ckpt = load_checkpoint(path)
+    check_keys(ckpt, path, ('G_kwargs', 'meta'), 'rebuilding the generator')
     key = 'G_ema' if ema else 'G'
     if ckpt.get(key) is None:
         raise KeyError(f'{path!r} holds no {"EMA " if ema else ""}generator weights ({key!r}); '
-                       + ('use the raw weights (--no-ema in sample.py and pnp.py)' if ema else 'use ema=True'))
+                       + ('use the raw weights (--no-ema in sample.py and pnp.py)' if ema else
+                          'use its EMA weights: drop --no-ema (an exported generator holds only those)'))
     G = NCSNpp(**ckpt['G_kwargs'])
     state = {name: v.float() if v.is_floating_point() else v for name, v in ckpt[key].items()}    # fp16 exports
     check_finite(state, f'{path!r} ({key})')
@@ -635,8 +657,7 @@ def load_authors_generator(path, config, device='cpu', schedule='d', K=4, discre
     not record the forward process, so it is named by the caller."""
     if config not in CONFIGS:
         raise KeyError(f'unknown configuration {config!r}; choose from {sorted(CONFIGS)}')
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'generator file {path!r} does not exist')
+    check_is_file(path, 'generator file')
     try:    # content.pth pickles the authors' argparse Namespace: allow that one class
         with torch.serialization.safe_globals([argparse.Namespace]):
             state = torch.load(path, map_location='cpu', weights_only=True)

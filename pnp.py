@@ -340,6 +340,13 @@ def load_inputs(args):
             raise FileNotFoundError(f'no images ({", ".join(data.IMAGE_EXTENSIONS)}) in {args.folder}')
     else:
         files = args.image or args.observed
+    if not args.observed:           # metrics.csv (UTF-8) names each clean image
+        for path in files:
+            try:
+                Path(path).stem.encode('utf-8')
+            except UnicodeEncodeError:
+                raise ValueError(f'{str(path)!r}: the file name is not UTF-8, so metrics.csv cannot name it: '
+                                 'rename the file (or restore it as --observed, which writes no metrics)') from None
     return data.load_images(files=files)
 
 

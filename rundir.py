@@ -57,6 +57,7 @@ class RunDir:
             return None
         if not found:
             raise FileNotFoundError(f'--resume: no checkpoint under {self.ckpt_dir}')
+        self.records()                                  # a damaged log stops the resume before any change
         if resume in (None, 'latest') or restarted:
             return found[max(found)]
         if os.path.realpath(resume) not in {os.path.realpath(p) for p in found.values()}:  # --resume PATH
@@ -83,13 +84,30 @@ class RunDir:
             print(f'--resume: moved {len(newer)} later checkpoint(s) to {aside}')
         with open(os.path.join(self.out, 'config.json'), 'w') as f:
             json.dump(config, f, indent=2)
-        records = []
-        if start_step and os.path.exists(self.log_path):    # keep the records up to the checkpoint; a line
-            with open(self.log_path) as f:                  # cut by a crash (no newline) is past it
-                records = [line for line in f if line.endswith('\n') and json.loads(line).get('step', 0) <= start_step]
-        with open(self.log_path, 'w') as f:
-            f.writelines(records)
+        kept = [line for line, r in self.records() if r.get('step', 0) <= start_step] if start_step else []
+        with open(self.log_path, 'wb') as f:            # the records up to the checkpoint
+            f.writelines(kept)
         self.log(record)
+
+    def records(self):
+        """[(line, record)] of log.jsonl, each line checked: one that is not a JSON record stops with the
+        file and line named. A last line without its newline was cut by a crash, past any checkpoint: left out."""
+        if not os.path.exists(self.log_path):
+            return []
+        out = []
+        with open(self.log_path, 'rb') as f:
+            for number, line in enumerate(f, 1):
+                if not line.endswith(b'\n'):
+                    break
+                try:
+                    record = json.loads(line)
+                except ValueError:                      # not JSON, or not UTF-8
+                    record = None
+                if not isinstance(record, dict) or not isinstance(record.get('step', 0), (int, float)):
+                    raise ValueError(f'{self.log_path}, line {number}, is not a log record ({line[:80]!r}): '
+                                     'repair or delete that line, then --resume again (nothing was changed)')
+                out.append((line, record))
+        return out
 
     def log(self, record):
         with open(self.log_path, 'a') as f:
@@ -111,6 +129,7 @@ def out_lock(out, master):
     if not master:
         yield
         return
+    cli.check_out_folder(out)               # a file named as --out, or a folder this user cannot write to
     os.makedirs(out, exist_ok=True)
     fd = os.open(out, os.O_RDONLY)
     try:

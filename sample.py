@@ -194,7 +194,8 @@ def main(args):
     schedule = schedule_of(meta, device)
     schedule.check_shape((1, meta['channels'], meta['image_size'], meta['image_size']))
     check_steps(meta, args.steps, schedule.K)
-    out = Path(args.out or Path(args.ckpt).resolve().parent / 'samples')
+    versus = open_versus(args.versus, meta, device) if args.versus else None      # checked before any work
+    out = Path(args.out or default_out(args.ckpt))
     cli.prepare_out(str(out), OUTPUTS, args.overwrite, 'sample.py run', remove=False)     # refuse before any work
     scores = metrics.Scores(meta, args.n, args.fid, args.is_, args.reference, not args.no_fd, args.classifier,
                             args.data_dir, args.inception_weights, args.fid_cache,
@@ -227,7 +228,7 @@ def main(args):
         return
 
     # ---- outputs, figures, metrics (rank 0) ----
-    summary.update(write_outputs(G, schedule, meta, images, args, out, device))
+    summary.update(write_outputs(G, schedule, meta, images, args, out, device, versus))
     summary.update(scores(images))
     summary.update(images_per_second=args.n / summary['sampling_seconds'], wall_seconds=time.perf_counter() - wall)
     cli.write_json(out / 'metrics.json', summary)
@@ -239,7 +240,12 @@ def main(args):
                               f"wall {summary['wall_seconds']:.1f} s"]) + f" -> {out / 'metrics.json'}")
 
 
-def write_outputs(G, schedule, meta, images, args, out, device):
+def default_out(ckpt):
+    """The default --out: samples_<checkpoint name>/ beside the checkpoint, one folder per checkpoint."""
+    return Path(ckpt).resolve().parent / f'samples_{Path(ckpt).stem}'
+
+
+def write_outputs(G, schedule, meta, images, args, out, device, versus=None):
     """The samples in --format (and a 64-image grid), the figures asked for; returns summary entries."""
     summary = {}
     print(f'wrote {write_samples(images, out, args.format)}')
@@ -255,22 +261,28 @@ def write_outputs(G, schedule, meta, images, args, out, device):
             summary.update(z_spread_per_level=spread.tolist())
             print(f"wrote {out / 'z_role.png'}; spread of G(x_k, k-1, z) across z, "
                   'k = 1..K: ' + ' '.join(f'{s:.3f}' for s in spread.tolist()))
-    if args.versus:
-        write_versus(G, schedule, meta, args, device, out)
+    if versus:
+        write_versus(G, schedule, meta, *versus, args, device, out, n=min(args.n, 64))
     return summary
 
 
 OUTPUTS = ('samples.png', 'png', 'samples.npz', 'metrics.json', 'trajectory.png', 'z_role.png', 'versus.png')
 
 
-@torch.no_grad()
-def write_versus(G, schedule, meta, args, device, out, n=64):
-    """versus.png: this model and the --versus checkpoint side by side, the same seed for both (the
-    same start noise x_K), real test images first for Fashion-MNIST models, and one trajectory each."""
-    G2, meta2 = models.open_generator(args.versus, device)
+def open_versus(path, meta, device):
+    """(G2, meta2) of the --versus checkpoint, refused unless it makes images of this model's shape."""
+    G2, meta2 = models.open_generator(path, device)
     if (meta2['channels'], meta2['image_size']) != (meta['channels'], meta['image_size']):
-        raise ValueError(f"--versus {args.versus} makes {meta2['channels']}x{meta2['image_size']}px images, "
+        raise ValueError(f"--versus {path} makes {meta2['channels']}x{meta2['image_size']}px images, "
                          f"this model {meta['channels']}x{meta['image_size']}px")
+    return G2, meta2
+
+
+@torch.no_grad()
+def write_versus(G, schedule, meta, G2, meta2, args, device, out, n=64):
+    """versus.png: n images of this model and of the --versus checkpoint (G2, meta2) side by side, the
+    same seed for both (the same start noise x_K), real test images first for Fashion-MNIST models, and
+    one trajectory each."""
     schedule2 = schedule_of(meta2, device)
     columns, trajectories = {}, {}
     if meta.get('dataset') == 'fashion_mnist':
@@ -280,8 +292,10 @@ def write_versus(G, schedule, meta, args, device, out, n=64):
         names = [f'{names[0]} ({Path(args.ckpt).name})', f'{names[1]} ({Path(args.versus).name})']
     for name, (net, sched, m) in zip(names, [(G, schedule, meta), (G2, schedule2, meta2)]):
         shape = (n, m['channels'], m['image_size'], m['image_size'])
+        steps = args.steps if m.get('prior') == 'ddpm' else None
+        print(f'versus.png: {n} images of {name} (NFE {nfe(m, sched, steps)})', flush=True)
         xs = draw(net, sched, m, shape, chunk_generator(args.seed, 0, device), args.noise_scale,
-                  args.steps if m.get('prior') == 'ddpm' else None, trajectory=True, clip_x0=not args.no_clip_x0)
+                  steps, trajectory=True, clip_x0=not args.no_clip_x0)
         xs = thin(xs)
         columns[name] = models.to_uint8(xs[-1]).cpu()
         trajectories[name] = [x[0] for x in xs]
@@ -313,8 +327,8 @@ def build_parser():
     p.add_argument('--device', default=cli.DEFAULT_DEVICE)
     p.add_argument('--threads', type=cli.nonnegative_int, default=0,
                    help="CPU threads per process (0 = torch's default); metrics.json records them beside the speed")
-    p.add_argument('--out', help='output folder (default: samples/ beside the checkpoint); one that holds files '
-                                 'needs --overwrite')
+    p.add_argument('--out', help='output folder (default: samples_<checkpoint name>/ beside the checkpoint); one '
+                                 'that holds files needs --overwrite')
     p.add_argument('--overwrite', action='store_true',
                    help="replace an earlier run's outputs in --out (" + ', '.join(OUTPUTS) + ')')
     p.add_argument('--format', default='grid', choices=['grid', 'png', 'npz'],
@@ -323,7 +337,8 @@ def build_parser():
                                                           'faster on a CPU, after a compilation of ~20 s)')
     p.add_argument('--figures', action='store_true', help='also write trajectory.png and z_role.png')
     p.add_argument('--versus', metavar='CKPT', help='also write versus.png: this model beside another checkpoint '
-                                                    '(e.g. the MMSE baseline), same seed, one trajectory each')
+                                                    '(e.g. the MMSE baseline), same seed, min(--n, 64) images and '
+                                                    'one trajectory each')
     p.add_argument('--fid', action='store_true', help='FID against the --reference set, with KID and precision / recall '
                                                      '(k = 3) in the same Inception features')
     p.add_argument('--is', dest='is_', action='store_true', help='Inception Score')
@@ -335,7 +350,8 @@ def build_parser():
     p.add_argument('--no-fd', action='store_true',
                    help='Fashion-MNIST models: skip the classifier Frechet distance and class shares (on by default)')
     p.add_argument('--classifier', default=metrics.DEFAULT_CLASSIFIER,
-                   help='Fashion-MNIST classifier file (trained on the training split and written there if absent)')
+                   help='Fashion-MNIST classifier file (the default is trained on the training split and written '
+                        'there if absent; another path must exist: metrics.py --train-classifier trains one)')
     p.add_argument('--fid-cache', help='cache of reference statistics (default $TORCH_HOME/fidelity_cache)')
     return p
 

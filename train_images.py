@@ -19,8 +19,9 @@ T_max = 1800 epochs, CIFAR-10's 200k steps (~1025 epochs) end at ~43% of the sta
 The run directory (--out) holds config.json, log.jsonl (one JSON record per --log-every steps),
 samples/ (EMA sample grids) and checkpoints/ (the latest --keep-ckpts, written atomically, in the
 format of models.py). An --out that holds files is refused unless --resume continues that run (or
---resume PATH from one of its earlier checkpoints) or --overwrite starts over; a worker restarted by
-torchrun resumes by itself.
+--resume PATH from one of its earlier checkpoints; the run's flags come from its config.json, and flags
+given with --resume override them) or --overwrite starts over; a worker restarted by torchrun resumes by
+itself.
 --out must be on a file system that every node sees.
 """
 import argparse
@@ -28,6 +29,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import json
 import math
 import os
 import resource
@@ -352,7 +354,7 @@ BASELINE_STEPS = {'mmse': mmse_step, 'ddpm': ddpm_step}     # the step of each b
 def check_same_run(ckpt, path, meta, G_kwargs, D_kwargs, batch_size):
     """Refuse a checkpoint of another configuration, naming what differs (other flags, such as
     --max-steps or the learning rates, may change on resume)."""
-    theirs = dict(ckpt['meta'], batch_size=ckpt['config']['batch_size'], G_kwargs=ckpt['G_kwargs'],
+    theirs = dict(ckpt['meta'], batch_size=ckpt['config'].get('batch_size'), G_kwargs=ckpt['G_kwargs'],
                   D_kwargs=ckpt['D_kwargs'])
     ours = dict(meta, batch_size=batch_size, G_kwargs=G_kwargs, D_kwargs=D_kwargs)
     diff = [f'{key}: checkpoint {theirs.get(key)!r}, now {value!r}' for key, value in ours.items()
@@ -526,17 +528,20 @@ def build_nets(args, setup, device, steps_per_epoch, memory_format):
     return nets
 
 
-def resume_from(nets, run, path, meta, setup, batch_size):
-    """Load a run's checkpoint into nets; returns its step. A corrupt file names the other checkpoints."""
+def open_resume(run, path, meta, setup, batch_size, prior):
+    """The checkpoint a run resumes from, checked whole and against this configuration before any data or
+    network is made. A corrupt or incomplete file names the other checkpoints."""
+    states = ('G', 'G_ema', 'opt_G', 'sched_G') + (() if setup.baseline else ('D', 'opt_D', 'sched_D')) + \
+        (('transform', 'opt_T') if prior == 'dswd' else ())
     try:
         ckpt = models.load_checkpoint(path)
+        models.check_keys(ckpt, path, ('meta', 'G_kwargs', 'D_kwargs', 'config', 'step') + states, '--resume')
     except (RuntimeError, ValueError) as e:
         others = sorted(p for p in run.checkpoints().values() if p != path)
         raise RuntimeError(f'{e}. Resume from an earlier checkpoint of the run with --resume PATH'
                            + (f' (there: {", ".join(others)})' if others else ' (there is none)')) from e
     check_same_run(ckpt, path, meta, setup.G_kwargs, setup.D_kwargs, batch_size)
-    nets.load_state_dicts(ckpt)
-    return ckpt['step']
+    return ckpt
 
 
 def wrap(nets, args, device):
@@ -627,6 +632,14 @@ def train(args, rank, world_size, device):
 def run_training(args, rank, world_size, device, master, setup, run, restart):
     """train() once the run directory is this process's alone."""
     resume_path = run.choose_start(args.resume, args.overwrite, int(restart) > 0, master)
+    meta = dict(schedule=args.schedule, K=args.K, discretisation=args.discretisation, posterior=args.posterior,
+                nz=setup.nz, image_size=setup.image_size, channels=setup.channels, prior=args.prior,
+                dataset=args.dataset)
+    ckpt = open_resume(run, resume_path, meta, setup, args.batch_size, args.prior) if resume_path else None
+    start_step = ckpt['step'] if ckpt else 0
+    if start_step >= args.max_steps and not int(restart):   # before config.json and the log are rewritten
+        raise ValueError(f'--resume: {resume_path} is at step {start_step}, so --max-steps {args.max_steps} leaves '
+                         'nothing to train: give a larger --max-steps')
     sampler, loader, steps_per_epoch = make_loader(args, setup, rank, world_size, device, master)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     try:
@@ -635,14 +648,10 @@ def run_training(args, rank, world_size, device, master, setup, run, restart):
         if 'alloc' not in str(e).lower() and not isinstance(e, MemoryError):
             raise
         raise MemoryError(f'the networks do not fit in memory (--net {args.net}, --nz {setup.nz}): {e}') from e
-    meta = dict(schedule=args.schedule, K=args.K, discretisation=args.discretisation, posterior=args.posterior,
-                nz=setup.nz, image_size=setup.image_size, channels=setup.channels, prior=args.prior,
-                dataset=args.dataset)
     config = dict(vars(args), world_size=world_size, local_batch=setup.local_batch, steps_per_epoch=steps_per_epoch)
-    start_step = resume_from(nets, run, resume_path, meta, setup, args.batch_size) if resume_path else 0
-    if start_step >= args.max_steps and not int(restart):   # before config.json and the log are rewritten
-        raise ValueError(f'--resume: {resume_path} is at step {start_step}, so --max-steps {args.max_steps} leaves '
-                         'nothing to train: give a larger --max-steps')
+    if ckpt:
+        nets.load_state_dicts(ckpt)
+        del ckpt
     G_train, critic_views = wrap(nets, args, device)
     autocast = bf16_autocast(device, args.amp)
     shared = torch.Generator(device)                    # same draws on every rank
@@ -808,10 +817,37 @@ def parse_args(argv=None):
     g.add_argument('--device', default=cli.DEFAULT_DEVICE)
     g.add_argument('--threads', type=cli.nonnegative_int, default=0, help='CPU threads per process (0 = torch\'s default)')
     g.add_argument('--seed', type=cli.seed, default=0)
-    preset = p.parse_known_args(argv)[0].preset
-    if preset:
-        p.set_defaults(**PRESETS[preset])
+    known = p.parse_known_args(argv)[0]
+    if known.preset:
+        p.set_defaults(**PRESETS[known.preset])
+    if known.resume:
+        p.set_defaults(**run_settings(known.out, known.preset, set(vars(known))))
     return p.parse_args(argv)
+
+
+NOT_INHERITED = ('out', 'resume', 'overwrite', 'device')      # of this command, or of the machine
+
+
+def run_settings(out, preset, flags):
+    """--resume: the flags of the run in `out`, read from its config.json, as the defaults (flags given now
+    override them), so that the run continues with its own preset and settings. A --preset other than the
+    run's is refused."""
+    path = os.path.join(out, 'config.json')
+    if not os.path.isfile(path):
+        return {}                                   # no run there: choose_start says so
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except ValueError as e:
+        raise ValueError(f'{path} cannot be read ({e}): --resume takes the run\'s settings from it') from None
+    if not isinstance(config, dict):
+        raise ValueError(f'{path} holds no settings (a JSON {type(config).__name__}): --resume takes the run\'s '
+                         'settings from it')
+    if preset and config.get('preset') != preset:
+        started = f'with --preset {config["preset"]}' if config.get('preset') else 'without --preset'
+        raise ValueError(f'--preset {preset}, but the run in {out} was started {started}: drop --preset '
+                         '(--resume continues with the run\'s own settings, from its config.json)')
+    return {key: value for key, value in config.items() if key in flags and key not in NOT_INHERITED}
 
 
 if __name__ == '__main__':

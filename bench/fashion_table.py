@@ -201,6 +201,16 @@ def train_side_by_side(root, rows, data_dir, jobs, train_row=None):
                 future.result()         # raises the failure; leaving the `with` waits for the runs under way
 
 
+def check_shipped(root, rows):
+    """--shipped: every row of SHIPPED_ROWS asked for and not trained under --root needs its file in
+    checkpoints/; a missing one is refused, named, rather than planned as a training of hours."""
+    missing = [f'checkpoints/{MODEL_ROWS[row][1]}.pt ({row})' for row in rows
+               if row in SHIPPED_ROWS and not weights(root, row, shipped=True)]
+    if missing:
+        raise FileNotFoundError(f'--shipped: {", ".join(missing)} missing from {ROOT / "checkpoints"}: restore '
+                                'it (git checkout checkpoints/), or drop --shipped to train the row')
+
+
 def logged_rates(run_dir):
     """Images per second of every record in a run's log.jsonl (none before the run starts)."""
     log = Path(run_dir) / 'log.jsonl'
@@ -329,6 +339,10 @@ def main(args):
     if args.ship:
         return ship(root, args.data_dir, args.classifier)
     rows = args.rows or list(ROWS)
+    if args.shipped:
+        check_shipped(root, rows)
+    if not args.train_only:
+        metrics.check_classifier(args.classifier)       # a mistyped --classifier stops before hours of training
     print_plan(root, rows, args)
     if args.dry_run:
         return

@@ -206,7 +206,7 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
 
 @pytest.mark.parametrize('mode', ['RGBA', 'P', 'LA'])
 def test_alpha_and_palette_images_are_read_as_rgb_or_gray(tmp_path, mode):
-    rgb = Image.fromarray(np.full((8, 8, 3), 200, np.uint8))
+    rgb = Image.fromarray(np.full((8, 8, 3), (174, 210, 216), np.uint8))     # a colour: mean and luma 200
     im = {'RGBA': rgb.convert('RGBA'), 'P': rgb.convert('P', palette=Image.Palette.ADAPTIVE),
           'LA': rgb.convert('L').convert('LA')}[mode]
     im.save(tmp_path / 'x.png')

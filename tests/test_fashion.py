@@ -167,7 +167,8 @@ def test_class_shares_count_the_predictions():
 def test_classifier_is_trained_once_then_read_from_its_cache(tmp_path, monkeypatch):
     folder = tiny_fashion(tmp_path / 'fm', n_train=200, n_test=50)
     path = tmp_path / 'cache' / 'clf.pt'
-    net, acc, trained = metrics.get_classifier(str(path), str(folder), progress=False, epochs=6, batch_size=20)
+    net, acc, trained = metrics.get_classifier(str(path), str(folder), progress=False, train=True, epochs=6,
+                                               batch_size=20)
     assert trained and path.is_file() and acc > 0.9                   # the bars are easy to tell apart
 
     def no_training(*a, **k):
@@ -196,7 +197,7 @@ def fashion_runs(tmp_path_factory):
                                '--max-steps', '4', '--log-every', '2', '--ckpt-every', '4', '--sample-every', '4',
                                '--n-samples', '4', '--device', 'cpu', '--threads', '1']))
         runs[prior] = out / 'checkpoints' / 'ckpt_00000004.pt'
-    metrics.get_classifier(str(tmp / 'clf.pt'), str(folder), progress=False, epochs=1)
+    metrics.get_classifier(str(tmp / 'clf.pt'), str(folder), progress=False, train=True, epochs=1)
     return tmp, folder, runs
 
 

@@ -212,7 +212,8 @@ def test_classifier_accuracy_is_measured_on_the_test_split(tmp_path, monkeypatch
     splits = {True: _Split(x, y), False: _Split(x, (y + 1) % 10)}
     monkeypatch.setattr(data, 'FashionMNIST', lambda data_dir, train=True, **kw: splits[train])
     path = tmp_path / 'clf.pt'
-    net, accuracy, trained = metrics.get_classifier(str(path), 'unused', progress=False, epochs=6, batch_size=20)
+    net, accuracy, trained = metrics.get_classifier(str(path), 'unused', progress=False, train=True, epochs=6,
+                                                     batch_size=20)
     with torch.no_grad():
         pred = net.eval()(x).argmax(1)
     on_test, on_train = ((pred == labels).double().mean().item() for labels in ((y + 1) % 10, y))

@@ -106,13 +106,14 @@ def prepare_out(out, owned, overwrite, what='output', remove=True):
 def check_out_folder(out):
     """--out can be made and written to: a file in its place, or a folder (or the nearest existing folder
     above it) that this user cannot write to (read-only, another user's), is refused before any work."""
+    kind = lambda path: 'a broken link' if not os.path.exists(path) else 'a file'       # noqa: E731
     if os.path.lexists(out) and not os.path.isdir(out):
-        raise NotADirectoryError(f'--out {out!r} is a file, not a folder')
+        raise NotADirectoryError(f'--out {out!r} is {kind(out)}, not a folder')
     nearest = os.path.abspath(out)
     while not os.path.lexists(nearest):                 # where --out will be made
         nearest = os.path.dirname(nearest)
     if not os.path.isdir(nearest):
-        raise NotADirectoryError(f'--out {out!r} cannot be made: {nearest!r} is a file, not a folder')
+        raise NotADirectoryError(f'--out {out!r} cannot be made: {nearest!r} is {kind(nearest)}, not a folder')
     if not os.access(nearest, os.W_OK | os.X_OK):
         where = 'the folder' if nearest == os.path.abspath(out) else f'the folder above it, {nearest!r},'
         raise PermissionError(f'--out {out!r}: {where} is not writable (read-only, or another user\'s): '

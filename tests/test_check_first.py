@@ -114,6 +114,18 @@ def test_sample_and_toy_refuse_a_read_only_out_before_their_work(read_only, tmp_
             toy2d.main(toy2d.build_parser().parse_args(['--iters', '1', '--out', str(out)]))
 
 
+def test_an_out_below_a_file_or_a_broken_link_is_refused(tmp_path):
+    import cli
+    (tmp_path / 'notes.txt').write_text('mine')
+    (tmp_path / 'link').symlink_to(tmp_path / 'gone')
+    for out, message in [(tmp_path / 'notes.txt' / 'run', "notes.txt' is a file, not a folder"),
+                         (tmp_path / 'link', "link' is a broken link, not a folder"),
+                         (tmp_path / 'link' / 'run', "cannot be made: '.*link' is a broken link")]:
+        with pytest.raises(NotADirectoryError, match=message):
+            cli.check_out_folder(str(out))
+    cli.check_out_folder(str(tmp_path / 'new' / 'run'))         # to be made in a writable folder: fine
+
+
 @pytest.mark.parametrize('out, error, message', [('/dev/full', NotADirectoryError, "'/dev/full' is a file, not a folder"),
                                                  (None, PermissionError, 'is not writable')])
 def test_training_refuses_an_out_that_is_a_file_or_read_only(out, error, message, read_only):
@@ -135,13 +147,14 @@ def tiny_run(tmp_path):
 def test_a_damaged_log_line_stops_resume_before_anything_moves(tiny_run):
     log = tiny_run / 'log.jsonl'
     lines = log.read_text().splitlines(keepends=True)
-    lines[1] = '{"step": 1, "loss_D": 0.6' + '\n'               # a record cut in the middle
-    log.write_text(''.join(lines))
-    before = snapshot(tiny_run)
     ckpt_2 = ti.checkpoints(tiny_run / 'checkpoints')[2]
-    with pytest.raises(ValueError, match=r'log\.jsonl, line 2, is not a log record'):
-        ti.main(ti.parse_args(TINY + ['--max-steps', '6', '--resume', ckpt_2, '--out', str(tiny_run)]))
-    assert snapshot(tiny_run) == before                         # no checkpoint moved aside, config.json kept
+    for damaged in ('{"step": 1, "loss_D": 0.6', '["step", 1]', '{"step": "1"}', '\udcff'):   # cut, not a record,
+        lines[1] = damaged + '\n'                                                          # a text step, not UTF-8
+        log.write_bytes(''.join(lines).encode('utf-8', 'surrogateescape'))
+        before = snapshot(tiny_run)
+        with pytest.raises(ValueError, match=r'log\.jsonl, line 2, is not a log record'):
+            ti.main(ti.parse_args(TINY + ['--max-steps', '6', '--resume', ckpt_2, '--out', str(tiny_run)]))
+        assert snapshot(tiny_run) == before                     # no checkpoint moved aside, config.json kept
     lines[1] = '{"step": 1}\n'
     log.write_text(''.join(lines) + '{"step": 5, "cut by a cra')      # a last line without newline: dropped
     ti.main(ti.parse_args(TINY + ['--max-steps', '6', '--resume', ckpt_2, '--out', str(tiny_run)]))
@@ -164,13 +177,14 @@ def test_resume_without_the_preset_continues_the_run_with_its_own_settings(tiny_
     assert max(ti.checkpoints(tiny_run / 'checkpoints')) == 6
 
 
-def test_a_checkpoint_without_its_step_names_the_file_and_the_key(tiny_run):
+@pytest.mark.parametrize('key', ['step', 'opt_D'])
+def test_a_checkpoint_without_its_step_or_a_state_names_the_file_and_the_key(key, tiny_run):
     path = ti.checkpoints(tiny_run / 'checkpoints')[4]
     ckpt = torch.load(path, weights_only=True)
-    del ckpt['step']
+    del ckpt[key]                           # (an exported generator copied into checkpoints/ lacks both)
     models.save_checkpoint(ckpt, path)
     before = snapshot(tiny_run)
-    with pytest.raises(RuntimeError, match=r"ckpt_00000004\.pt' lacks 'step', which --resume needs"):
+    with pytest.raises(RuntimeError, match=rf"ckpt_00000004\.pt' lacks '{key}', which --resume needs"):
         ti.main(ti.parse_args(TINY + ['--max-steps', '6', '--resume', '--out', str(tiny_run)]))
     assert snapshot(tiny_run) == before
 

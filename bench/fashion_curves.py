@@ -236,20 +236,14 @@ def floor_of(classifier, data_dir, n):
 def write(root, points, n, ancestral_n, command, floor=None):
     """curves.json (every point, with the command, date and machine that made them, and the floor at n),
     curves.md (what render_markdown makes of it) and curves.png in --root."""
+    made = cli.provenance('bench/fashion_curves.py')           # the date and machine of every results file
     results = dict(n=n, ancestral_n=ancestral_n, base_steps=BASE, batch=32, command=command,
-                   date=time.strftime('%Y-%m-%d'), machine=machine(), floor=floor, points=points)
+                   date=made['date'], machine=made['machine'], floor=floor, points=points)
     (root / 'curves.json').write_text(json.dumps(results, indent=2) + '\n')
     text = render_markdown(results)
     (root / 'curves.md').write_text(text)
     print(text)
     figure(root / 'curves.png', points, n, floor)
-
-
-def machine():
-    """What the numbers were measured on, in one line."""
-    import platform
-    import torch
-    return f'{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}'
 
 
 def render_markdown(results):
@@ -398,7 +392,7 @@ def main(args):
         train(root, rows, args.data_dir, args.jobs)
     score(root, [p for p in todo(root, args.n, args.ancestral_n) if p[0] in (*rows, SHIPPED)], args.data_dir,
           args.classifier, args.threads)             # the shipped run, the claims' yardstick, whatever --rows
-    command = ('python bench/fashion_curves.py ' + ' '.join(sys.argv[1:])).replace(str(Path.home()), '~')
+    command = cli.provenance('bench/fashion_curves.py')['command']
     write(root, collect(root, args.n, args.ancestral_n), args.n, args.ancestral_n, command,
           floor_of(args.classifier, args.data_dir, args.n))
     if args.publish:

@@ -24,10 +24,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import cli  # noqa: E402
 import train_images  # noqa: E402  (imports torch in this process, after which the children start fresh)
+sys.path.append(HERE)                       # last: bench/models.py shadows no module
+from train_step import WAIT_VARIABLES, WAITS  # noqa: E402  (the ways to wait, one table for both scripts)
 
 BUSY = 'while True: pass'
-WAITS = {'default': {}, 'PASSIVE': {'OMP_WAIT_POLICY': 'PASSIVE'},
-         f'spin {train_images.OPENMP_SPIN_TURNS}': {'GOMP_SPINCOUNT': str(train_images.OPENMP_SPIN_TURNS)}}
 
 
 def one_row(job):
@@ -51,7 +51,7 @@ def cpu_name():
 def run_row(job, busy, wait):
     """One row in a fresh process beside `busy` busy-loop processes (started before it, killed after)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(job['threads']))
-    for name in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT'):
+    for name in WAIT_VARIABLES:
         env.pop(name, None)
     env.update(WAITS[wait])
     loops = [subprocess.Popen([sys.executable, '-c', BUSY]) for _ in range(busy)]

@@ -35,8 +35,11 @@ import train_images  # noqa: E402
 VARIANTS = {'eager': (False, False), 'channels_last': (False, True), 'compile': (True, False),
             'compile+channels_last': (True, True)}
 # How idle OpenMP threads wait in a row's process (read when torch loads, so set in the child's
-# environment): 'spin' is what train_images.py sets, 'passive' sleeps at once (its earlier default).
-WAITS = {'spin': {'GOMP_SPINCOUNT': str(train_images.OPENMP_SPIN_TURNS)}, 'passive': {'OMP_WAIT_POLICY': 'PASSIVE'}}
+# environment): 'spin' is what train_images.py sets, 'passive' sleeps at once (its earlier default),
+# 'default' is libgomp's own (spin 300,000 turns). bench/load.py compares all three.
+WAITS = {'spin': {'GOMP_SPINCOUNT': str(train_images.OPENMP_SPIN_TURNS)}, 'passive': {'OMP_WAIT_POLICY': 'PASSIVE'},
+         'default': {}}
+WAIT_VARIABLES = ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')
 
 
 def bench(preset, device, amp, variant, batch, warmup, steps, threads, flags=()):
@@ -105,7 +108,7 @@ def peak(device, amp, variant, threads):
 def child(job, wait='spin'):
     """Run one job (a row, or a peak with kind='peak') in a fresh process whose idle OpenMP threads wait
     as `wait` says (WAITS): its JSON, or None and the error."""
-    env = {k: v for k, v in os.environ.items() if k not in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}
+    env = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES}
     out = subprocess.run([sys.executable, __file__, '--one', json.dumps(job)], capture_output=True, text=True,
                          env=dict(env, **WAITS[wait]))
     if out.returncode:
@@ -163,8 +166,8 @@ if __name__ == '__main__':
     p.add_argument('--batch', type=cli.positive_int, nargs='+', help="default: the preset's global batch")
     p.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument('--waits', nargs='+', default=['spin'], choices=list(WAITS),
-                   help="how idle OpenMP threads wait: 'spin' (the default: briefly, as train_images.py sets) or "
-                        "'passive' (sleep at once); on a CPU only")
+                   help="how idle OpenMP threads wait: 'spin' (the default: briefly, as train_images.py sets), "
+                        "'passive' (sleep at once) or 'default' (libgomp's long spin); on a CPU only")
     p.add_argument('--precision', nargs='+', choices=['fp32', 'bf16'], help='default: fp32 (CPU), fp32 and bf16 (GPU)')
     p.add_argument('--threads', type=cli.nonnegative_int, nargs='+', default=[1, 2], help='CPU threads (0: torch\'s)')
     p.add_argument('--warmup', type=cli.nonnegative_int, default=3)

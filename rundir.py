@@ -89,6 +89,21 @@ class RunDir:
             f.writelines(kept)
         self.log(record)
 
+    def config(self):
+        """The settings the run was started with (config.json), or None when no run is there."""
+        path = os.path.join(self.out, 'config.json')
+        if not os.path.isfile(path):
+            return None
+        try:
+            with open(path) as f:
+                config = json.load(f)
+        except ValueError as e:
+            raise ValueError(f'{path} cannot be read ({e}): --resume takes the run\'s settings from it') from None
+        if not isinstance(config, dict):
+            raise ValueError(f'{path} holds no settings (a JSON {type(config).__name__}): --resume takes the run\'s '
+                             'settings from it')
+        return config
+
     def records(self):
         """[(line, record)] of log.jsonl, each line checked: one that is not a JSON record stops with the
         file and line named. A last line without its newline was cut by a crash, past any checkpoint: left out."""

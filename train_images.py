@@ -832,17 +832,9 @@ def run_settings(out, preset, flags):
     """--resume: the flags of the run in `out`, read from its config.json, as the defaults (flags given now
     override them), so that the run continues with its own preset and settings. A --preset other than the
     run's is refused."""
-    path = os.path.join(out, 'config.json')
-    if not os.path.isfile(path):
+    config = RunDir(out).config()
+    if config is None:
         return {}                                   # no run there: choose_start says so
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except ValueError as e:
-        raise ValueError(f'{path} cannot be read ({e}): --resume takes the run\'s settings from it') from None
-    if not isinstance(config, dict):
-        raise ValueError(f'{path} holds no settings (a JSON {type(config).__name__}): --resume takes the run\'s '
-                         'settings from it')
     if preset and config.get('preset') != preset:
         started = f'with --preset {config["preset"]}' if config.get('preset') else 'without --preset'
         raise ValueError(f'--preset {preset}, but the run in {out} was started {started}: drop --preset '

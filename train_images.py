@@ -29,7 +29,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import json
 import math
 import os
 import resource

@@ -152,11 +152,11 @@ def test_ship_exports_the_rgm_model_only_when_it_beats_the_shipped_one(tmp_path,
     monkeypatch.setattr(fc, 'collect', lambda root, n, a: [dict(point('kld_d', 16000, 5, scores['kid'], 0.6, scores['recall'])),
                                                            dict(point('kld_d', 4000, 9, 0.5, 0.6, 0.1), row=fc.SHIPPED)])
     scores.update(kid=0.4, recall=0.05)                 # better KID, worse recall: the shipped one stays
-    assert fc.ship(root, 10) == [] and not (repo / 'checkpoints' / 'fashion_kld_d.pt').exists()
+    assert fc.ship(root, 10) == [] and not (repo / 'checkpoints' / 'fashion_kld_d_4x.pt').exists()
     scores.update(kid=0.4, recall=0.2)
-    assert fc.ship(root, 10) == [repo / 'checkpoints' / 'fashion_kld_d.pt']
-    G, meta = models.load_generator(repo / 'checkpoints' / 'fashion_kld_d.pt')
-    assert models.load_checkpoint(repo / 'checkpoints' / 'fashion_kld_d.pt')['step'] == 16000
+    assert fc.ship(root, 10) == [repo / 'checkpoints' / 'fashion_kld_d_4x.pt']
+    G, meta = models.load_generator(repo / 'checkpoints' / 'fashion_kld_d_4x.pt')
+    assert models.load_checkpoint(repo / 'checkpoints' / 'fashion_kld_d_4x.pt')['step'] == 16000
     for name, v in G.state_dict().items():
         assert torch_equal_half(v, shipped['G_ema'][name])
 

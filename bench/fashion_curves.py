@@ -60,7 +60,16 @@ CLAIMS = (('K = 4 steps beat K = 1 (Table 3)', 'kld_d', 'kld_d_k1'),
           ('the SR process beats noising (Table 1)', 'kld_sr', 'kld_d'),
           ('the fidelity term helps (Table 3)', 'kld_d', 'kld_d_lam0'),
           ('MAP (RGM) beats MMSE at K = 4', 'kld_d', 'mmse_d'))
+# the preset's own questions, read the same way: lambda at the weight per image it has on CIFAR-10
+# (Figure 6 in small) and above, and a discriminator slower than G (the authors' learning-rate ratio)
+QUESTIONS = (('lambda = 3e-3 beats the preset\'s 1e-3', 'kld_d_lam3e-3', 'kld_d'),
+             ('lambda = 1e-2 beats the preset\'s 1e-3', 'kld_d_lam1e-2', 'kld_d'),
+             ('a discriminator slower than G (lr 2e-4 / 1.25e-4) beats 5e-4 / 5e-4', 'kld_d_lrd', 'kld_d'))
+# the figure's panels; the claims also read class coverage (the rarest class's share of the samples)
 METRICS = (('fd', 'FD', -1), ('kid_mean', 'KID', -1), ('precision', 'precision', 1), ('recall', 'recall', 1))
+CLAIM_METRICS = (*METRICS, ('min_share', 'rarest class', 1))
+# values per image of the fidelity weight: lambda x (channels x height x width) of the data the preset trains on
+PIXELS = {'fashion_mnist': 1 * 32 * 32, 'cifar10': 3 * 32 * 32, 'celeba_hq': 3 * 256 * 256}
 SECONDS_PER_STEP = 0.6          # estimate until a log in --root says better (one step, 2-core VM)
 SECONDS_PER_NFE = 0.004         # one image, one network evaluation, batch 500
 
@@ -111,8 +120,16 @@ def eval_dir(root, row, step, n, steps):
 
 
 def scored(root, row, step, n, steps):
-    """The snapshot's metrics.json if it was scored from this very checkpoint (scores_of), else None."""
-    return scores_of(eval_dir(root, row, step, n, steps) / 'metrics.json', snapshots(root, row).get(step))
+    """The snapshot's metrics.json if it was scored from this very checkpoint (scores_of), else None. The
+    shipped file is found in the code copy the runner runs from, so a score of it made from another copy
+    counts while that copy's file holds the same bytes."""
+    path, ckpt = eval_dir(root, row, step, n, steps) / 'metrics.json', snapshots(root, row).get(step)
+    r = scores_of(path, ckpt)
+    if r is None and row == SHIPPED and ckpt is not None and path.is_file():
+        r = json.loads(path.read_text())
+        other = Path(r.get('ckpt', ''))
+        r = r if other.is_file() and other.read_bytes() == Path(ckpt).read_bytes() else None
+    return r
 
 
 def todo(root, n, ancestral_n):
@@ -188,32 +205,61 @@ def find(points, row, step, sampler=None):
 def spread(points):
     """{metric: |difference|} between the two training runs of kld_d's preset at BASE steps, or None."""
     a, b = find(points, 'kld_d', BASE), find(points, SHIPPED, BASE)
-    return None if a is None or b is None else {key: abs(a[key] - b[key]) for key, _, _ in METRICS}
+    return None if a is None or b is None else {key: abs(a[key] - b[key]) for key, _, _ in CLAIM_METRICS}
 
 
-def claim_lines(points):
-    """One line per claim: on each metric, at which budgets (1x, 2x, 4x of BASE; the rungs both rows have)
-    the row the paper favours is better, level (a difference within the spread between two training runs)
-    or worse."""
+def verdicts(points, a, b, yardstick):
+    """{metric: {step: 'better' | 'level' | 'worse'}} of row a against row b at every rung both have: better
+    when a leads by more than the spread between two training runs (yardstick; 0 when not measured)."""
+    steps = [s for s in RUNGS if find(points, a, s) and find(points, b, s)]
+    out = {}
+    for key, _, sign in CLAIM_METRICS:
+        margin = yardstick[key] if yardstick else 0.0
+        out[key] = {}
+        for s in steps:
+            diff = sign * (find(points, a, s)[key] - find(points, b, s)[key])
+            out[key][s] = 'better' if diff > margin else 'worse' if diff < -margin else 'level'
+    return out
+
+
+def holds_from(by_step):
+    """The smallest budget from which on the verdict is 'better' at every budget scored, or None."""
+    since = None
+    for s in sorted(by_step, reverse=True):
+        if by_step[s] != 'better':
+            break
+        since = s
+    return since
+
+
+def claim_line(claim, a, b, points, yardstick):
+    """'- claim: holds from <budget> on <metrics>; not up to <last budget> on <metrics>. By budget: ...'."""
+    v = verdicts(points, a, b, yardstick)
+    if not v['fd']:
+        return f'- {claim}: not scored yet.'
+    last = budget(max(v['fd']))
+    since = {}
+    for key, name, _ in CLAIM_METRICS:
+        since.setdefault(holds_from(v[key]), []).append(name)
+    held = [f"from {budget(s)} on {', '.join(since[s])}" for s in sorted(k for k in since if k is not None)]
+    summary = ('holds ' + ', '.join(held) if held else '') + (
+        ('; ' if held else '') + f"not up to {last} ({32 * max(v['fd']):,} images) on {', '.join(since[None])}"
+        if None in since else '')
+    parts = [f'{name} ' + ', '.join(f"{verdict} at {' '.join(budget(s) for s in v[key] if v[key][s] == verdict)}"
+                                    for verdict in ('better', 'level', 'worse') if verdict in v[key].values())
+             for key, name, _ in CLAIM_METRICS]
+    return f"- {claim}: {summary}. By budget: {'; '.join(parts)}."
+
+
+def claim_lines(points, claims=CLAIMS):
+    """One line per claim: from which budget (1x, 2x, 4x of BASE; the rungs both rows have) the row the
+    paper favours is better on each metric (at that budget and every later one), and at which budgets it is
+    better, level (a difference within the spread between two training runs) or worse; then the yardstick."""
     yardstick = spread(points)
-    lines = []
-    for claim, a, b in CLAIMS:
-        steps = [s for s in RUNGS if find(points, a, s) and find(points, b, s)]
-        if not steps:
-            lines.append(f'- {claim}: not scored yet.')
-            continue
-        parts = []
-        for key, name, sign in METRICS:
-            margin = yardstick[key] if yardstick else 0.0
-            verdicts = {}
-            for s in steps:
-                diff = sign * (find(points, a, s)[key] - find(points, b, s)[key])
-                verdicts.setdefault('better' if diff > margin else 'worse' if diff < -margin else 'level', []).append(s)
-            parts.append(f'{name} ' + ', '.join(f"{v} at {' '.join(budget(s) for s in verdicts[v])}"
-                                                for v in ('better', 'level', 'worse') if v in verdicts))
-        lines.append(f"- {claim}: {'; '.join(parts)}.")
+    lines = [claim_line(claim, a, b, points, yardstick) for claim, a, b in claims]
     lines.append('Level: within the spread between two training runs of RGM-KLD-D at 1x, ' + (
-        ', '.join(f'{name} {yardstick[key]:.3g}' for key, name, _ in METRICS) + ' (one pair of runs).' if yardstick
+        ', '.join(f"{name} {100 * yardstick[key]:.1f} points" if key == 'min_share' else f'{name} {yardstick[key]:.3g}'
+                  for key, name, _ in CLAIM_METRICS) + ' (one pair of runs).' if yardstick
         else 'not measured yet: every difference counts.'))
     return lines
 
@@ -233,12 +279,12 @@ def floor_of(classifier, data_dir, n):
     return {key: r[key] for key, _, _ in METRICS}
 
 
-def write(root, points, n, ancestral_n, command, floor=None):
-    """curves.json (every point, with the command, date and machine that made them, and the floor at n),
-    curves.md (what render_markdown makes of it) and curves.png in --root."""
+def write(root, points, n, ancestral_n, command, floor=None, training=None):
+    """curves.json (every point, with the command, date and machine that made them, the floor at n and
+    each row's training record), curves.md (what render_markdown makes of it) and curves.png in --root."""
     made = cli.provenance('bench/fashion_curves.py')           # the date and machine of every results file
     results = dict(n=n, ancestral_n=ancestral_n, base_steps=BASE, batch=32, command=command,
-                   date=made['date'], machine=made['machine'], floor=floor, points=points)
+                   date=made['date'], machine=made['machine'], floor=floor, training=training, points=points)
     (root / 'curves.json').write_text(json.dumps(results, indent=2) + '\n')
     text = render_markdown(results)
     (root / 'curves.md').write_text(text)
@@ -251,35 +297,143 @@ def render_markdown(results):
     return render_table(results) + '\nClaims, by budget and metric:\n' + render_claims(results)
 
 
-def render_short(results):
-    """The README's view: FD and recall of each curve row (the DDPM by DDIM at 25 steps) at 1x, 2x and 4x."""
-    budgets = (BASE, 2 * BASE, 4 * BASE)
-    lines = ['| model (n = %d) | %s |' % (results['n'], ' | '.join(f'{budget(s)}: FD / recall' for s in budgets)),
-             '|---' * (len(budgets) + 1) + '|']
-    for row, sampler in [(row, 'DDIM 25' if row == DDPM else None) for row, r in ROWS.items() if r[3] > BASE]:
-        cells = []
-        for step in budgets:
-            p = find(results['points'], row, step, sampler)
-            cells.append('' if p is None else f"{p['fd']:.2f} / {p['recall']:.3f}")
-        if any(cells):
-            lines.append(f"| {ROWS[row][0]}{', DDIM 25 steps' if sampler else ''} | {' | '.join(cells)} |")
+def fmt(key, value):
+    """A score as the tables show it: FD to 2 decimals, KID and precision / recall to 3, shares in %."""
+    return f'{100 * value:.1f}%' if key == 'min_share' else f'{value:.2f}' if key == 'fd' else f'{value:.3f}'
+
+
+def curve_samplers():
+    """(row, sampler) of the rows trained past BASE: each RGM / MMSE chain, then each DDPM sampler."""
+    return ([(row, None) for row, r in ROWS.items() if r[3] > BASE and row != DDPM]
+            + [(DDPM, f'DDIM {s}') for s in DDPM_STEPS] + [(DDPM, 'ancestral')])
+
+
+def render_main(results):
+    """The README's view: every curve row at 1x -> 4x the 2-epoch budget (the DDPM: each sampler), each
+    cell 'score at 128,000 images -> score at 512,000', with the floor on top."""
+    n, points = results['n'], results['points']
+    keys = (*METRICS, ('min_share', 'rarest class', 1))
+    lines = ['| model | NFE | ' + ' | '.join(name for _, name, _ in keys) + ' |', '|---' * (len(keys) + 2) + '|']
+    floor = results.get('floor')
+    if floor:
+        lines.append(f'| {n:,} real training images (the floor) | | '
+                     + ' | '.join(fmt(key, floor[key]) for key, _, _ in METRICS) + ' | |')
+    for row, sampler in curve_samplers():
+        a, b = find(points, row, BASE, sampler), find(points, row, 4 * BASE, sampler)
+        if a is None and b is None:
+            continue
+        p = a or b
+        label = ROWS[row][0] + (f', {sampler}' if sampler else '') + ('' if p['n'] == n else f" (n = {p['n']})")
+        cells = [' -> '.join(fmt(key, q[key]) if q else '...' for q in (a, b)) for key, _, _ in keys]
+        lines.append(f"| {label} | {p['nfe']} | {' | '.join(cells)} |")
+    lines += ['', f"Each cell: at 1x -> at 4x the 2-epoch budget ({32 * BASE:,} -> {32 * 4 * BASE:,} training images; "
+              f"'...': not scored yet). n = {n:,} samples per point (seed 0) against the 10,000 test images"
+              + (f", the DDPM's ancestral points {results['ancestral_n']:,}" if results.get('ancestral_n') else '')
+              + "; the DDPM's predicted x0 clamped to [-1, 1]."]
+    return '\n'.join(lines) + '\n'
+
+
+def lam_text(lam):
+    """1e-3 for 0.001, 0 for 0."""
+    return '0' if lam == 0 else f'{lam:.0e}'.replace('e-0', 'e-').replace('e+0', 'e')
+
+
+def lam_of(row):
+    """(lambda, the data set's values per image) of a row's training settings."""
+    args = train_images.parse_args(train_args(row, 'data', 0, False))
+    return args.lam, PIXELS[args.dataset]
+
+
+def render_lambda(results):
+    """Figure 6 in small: RGM-KLD-D at 1x with lambda 0, 1e-3 (the preset; and its second training run),
+    3e-3 and 1e-2, with lambda x pixels beside the paper's data sets' values."""
+    points = results['points']
+    keys = (*METRICS, ('min_share', 'rarest class', 1))
+    lines = ['| lambda | lambda x pixels | ' + ' | '.join(name for _, name, _ in keys) + ' |', '|---' * (len(keys) + 2) + '|']
+    rows = [('kld_d_lam0', ''), ('kld_d', ''), (SHIPPED, ' (a second training run)'),
+            ('kld_d_lam3e-3', ''), ('kld_d_lam1e-2', '')]
+    for row, note in rows:
+        p = find(points, row, BASE)
+        if p is None:
+            continue
+        lam, pixels = lam_of('kld_d' if row == SHIPPED else row)
+        lines.append(f'| {lam_text(lam)}{note} | {lam * pixels:.1f} | ' + ' | '.join(fmt(key, p[key]) for key, _, _ in keys) + ' |')
+    cifar, celeba = (train_images.PRESETS[p]['lam'] * PIXELS[train_images.PRESETS[p]['dataset']]
+                     for p in ('cifar10_kld_d', 'celeba256_kld_d'))
+    lines += ['', f'RGM-KLD-D, K = 4, at 1x ({32 * BASE:,} training images), n = {results["n"]:,}. The fidelity term is a '
+              f'sum over pixels, so lambda x pixels is its weight per image: {cifar:.2g} for the paper\'s CIFAR-10 '
+              f'(lambda 1e-3 on 3 x 32 x 32) and {celeba:.2g} for CelebA-HQ 256 (5e-5 on 3 x 256 x 256); on '
+              f"Fashion-MNIST's 1 x 32 x 32, lambda {lam_text(cifar / PIXELS['fashion_mnist'])} weighs what 1e-3 "
+              'weighs on CIFAR-10.']
+    return '\n'.join(lines) + '\n'
+
+
+def render_ddpm(results):
+    """RGM-KLD-D against the DDPM with the same network at equal training budgets (1x and 4x): every
+    sampler's scores, its NFE and time per image as multiples of RGM's, and the fewest DDIM steps that
+    reach RGM's FD."""
+    n, points = results['n'], results['points']
+    lines = ['| budget | sampler | NFE | FD | KID | precision | recall | rarest class | ms / image | NFE, time vs RGM |',
+             '|---' * 10 + '|']
+    verdicts = []
+    for step in (BASE, 4 * BASE):
+        rgm = find(points, 'kld_d', step)
+        ddpm = [(s, find(points, DDPM, step, s)) for s in [f'DDIM {k}' for k in DDPM_STEPS] + ['ancestral']]
+        ddpm = [(s, p) for s, p in ddpm if p is not None]
+        if rgm is None or not ddpm:
+            verdicts.append(f'- {budget(step)}: not scored yet.')
+            continue
+        for label, p in [('RGM-KLD-D, its chain', rgm)] + [(f'DDPM, {s}', p) for s, p in ddpm]:
+            ratio = '' if p is rgm else f"{p['nfe'] / rgm['nfe']:.3g}x, {p['ms_per_image'] / rgm['ms_per_image']:.3g}x"
+            own_n = '' if p['n'] == n else f" (n = {p['n']:,})"
+            lines.append(f"| {budget(step)} ({32 * step:,}) | {label}{own_n} | {p['nfe']} | "
+                         + ' | '.join(fmt(key, p[key]) for key in ('fd', 'kid_mean', 'precision', 'recall', 'min_share'))
+                         + f" | {p['ms_per_image']:.1f} | {ratio} |")
+        reach = [(s, p) for s, p in ddpm if p['sampler'] != 'ancestral' and p['fd'] <= rgm['fd']]
+        verdicts.append(f"- {budget(step)}: " + (
+            f"DDIM reaches RGM-KLD-D's FD ({rgm['fd']:.2f}) first at {reach[0][1]['nfe']} steps (FD {reach[0][1]['fd']:.2f}, "
+            f"{reach[0][1]['nfe'] / rgm['nfe']:.3g}x the NFE)" if reach else
+            f"no DDIM up to {DDPM_STEPS[-1]} steps reaches RGM-KLD-D's FD ({rgm['fd']:.2f}; best "
+            f"{min(p['fd'] for s, p in ddpm if s != 'ancestral'):.2f})") + '.')
+    lines += ['', *verdicts, '', f"n = {n:,} per point unless marked (seed 0); the DDPM's predicted x0 clamped to [-1, 1] "
+              "at each step, as its authors sample it. ms / image: the scoring run's own sampling time (batch 500, "
+              "the runner's threads), so a time ratio compares runs made under the load of their day."]
     return '\n'.join(lines) + '\n'
 
 
 def render_status(results):
-    """Where the ladder stands: each row's scored snapshots, in thousands of steps, or 'not yet'."""
+    """Where the ladder stands: each row's scored snapshots, in thousands of steps, or 'not yet', and the
+    minutes its training took at the median logged rate."""
     lines = []
+    training = results.get('training') or {}
     for row, (label, _, _, steps) in ROWS.items():
         done = sorted({p['step'] for p in results['points'] if p['row'] == row})
         rungs = [s for s in RUNGS if s <= steps]
-        lines.append(f"- {label}: " + (f"{', '.join(f'{s // 1000}k' for s in done)} of {', '.join(f'{s // 1000}k' for s in rungs)} steps scored"
-                                       if done else 'not scored yet'))
+        line = f"- {label}: " + (f"{', '.join(f'{s // 1000}k' for s in done)} of {', '.join(f'{s // 1000}k' for s in rungs)} "
+                                 'steps scored' if done else 'not scored yet')
+        if row in training:
+            t = training[row]
+            line += (f"; {t['steps']:,} steps trained at {t['seconds_per_step']:.2f} s a step "
+                     f"({t['steps'] * t['seconds_per_step'] / 60:.0f} min)")
+        lines.append(line)
     return '\n'.join(lines) + '\n'
 
 
+def training_record(root):
+    """{row: steps trained and the median logged seconds a step} of every row that has a log in root."""
+    out = {}
+    for row in ROWS:
+        rates = logged_rates(root / row)
+        if rates:
+            out[row] = dict(steps=steps_done(root, row), seconds_per_step=median_step_seconds(rates, 32))
+    return out
+
+
 def render_claims(results):
-    """The claims' lines (claim_lines) as markdown."""
-    return '\n'.join(claim_lines(results['points'])) + '\n'
+    """The claims' lines (claim_lines) as markdown, then the preset's questions read the same way."""
+    lines = claim_lines(results['points'])
+    questions = claim_lines(results['points'], QUESTIONS)[:-1]
+    return '\n'.join([*lines[:-1], '', "The preset's own questions:", *questions, '', lines[-1]]) + '\n'
 
 
 def render_table(results):
@@ -396,7 +550,7 @@ def main(args):
           args.classifier, args.threads)             # the shipped run, the claims' yardstick, whatever --rows
     command = cli.provenance('bench/fashion_curves.py')['command']
     write(root, collect(root, args.n, args.ancestral_n), args.n, args.ancestral_n, command,
-          floor_of(args.classifier, args.data_dir, args.n))
+          floor_of(args.classifier, args.data_dir, args.n), training_record(root))
     if args.publish:
         publish(root)
     if args.ship:

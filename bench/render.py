@@ -65,7 +65,9 @@ RENDERERS = {
     'fashion_curves_table': ('results/fashion_curves.json', _curves('render_table')),
     'fashion_curves_claims': ('results/fashion_curves.json', _curves('render_claims')),
     'fashion_curves_status': ('results/fashion_curves.json', _curves('render_status')),
-    'fashion_curves_short': ('results/fashion_curves.json', _curves('render_short')),
+    'fashion_curves_main': ('results/fashion_curves.json', _curves('render_main')),
+    'fashion_curves_lambda': ('results/fashion_curves.json', _curves('render_lambda')),
+    'fashion_curves_ddpm': ('results/fashion_curves.json', _curves('render_ddpm')),
 }
 
 

@@ -62,29 +62,53 @@ def test_a_score_counts_only_for_the_checkpoint_it_was_made_from(tmp_path):
     assert fc.scored(tmp_path, 'kld_d', 1000, 50, None) is None
 
 
+def test_a_score_of_the_shipped_file_counts_from_another_copy_of_the_code_while_the_bytes_agree(tmp_path):
+    copy = tmp_path / 'code-old' / 'fashion_kld_d.pt'
+    copy.parent.mkdir()
+    shutil.copy(fc.ROOT / 'checkpoints' / 'fashion_kld_d.pt', copy)
+    out = fc.eval_dir(tmp_path, fc.SHIPPED, 4000, 50, None)
+    out.mkdir(parents=True)
+    (out / 'metrics.json').write_text(json.dumps(dict(ckpt=str(copy), fd=1.0)))
+    assert fc.scored(tmp_path, fc.SHIPPED, 4000, 50, None)['fd'] == 1.0
+    copy.write_bytes(copy.read_bytes()[:-1] + b'?')     # another model under the same name: scored again
+    assert fc.scored(tmp_path, fc.SHIPPED, 4000, 50, None) is None
+    copy.unlink()
+    assert fc.scored(tmp_path, fc.SHIPPED, 4000, 50, None) is None
+
+
 def point(row, step, fd, kid, precision, recall, sampler=None):
     return dict(row=row, label=fc.ROWS[row][0], step=step, images=32 * step, n=100, nfe=4, sampler=sampler, fd=fd,
                 kid_mean=kid, precision=precision, recall=recall, min_share=0.05, rarest='Bag')
 
 
-def test_claims_say_at_which_budgets_each_metric_favours_the_better_row():
+def test_claims_say_from_which_budget_and_at_which_budgets_each_metric_favours_the_better_row():
     points = [point('kld_d', 4000, 10, 0.5, 0.6, 0.1), point('kld_d_k1', 4000, 5, 0.1, 0.7, 0.05),
               point('kld_d', 16000, 4, 0.2, 0.6, 0.2), point('kld_d_k1', 16000, 5, 0.3, 0.65, 0.05),
               point('kld_d', 8000, 1, 0.1, 0.9, 0.9)]          # K = 1 has no 8,000-step point: not compared
     lines = fc.claim_lines(points)
     k = next(line for line in lines if line.startswith('- K = 4'))
-    assert k == ('- K = 4 steps beat K = 1 (Table 3): FD better at 4x, worse at 1x; KID better at 4x, worse at 1x; '
-                 'precision worse at 1x 4x; recall better at 1x 4x.')
+    assert k == ('- K = 4 steps beat K = 1 (Table 3): holds from 1x on recall, from 4x on FD, KID; not up to 4x '
+                 '(512,000 images) on precision, rarest class. By budget: FD better at 4x, worse at 1x; KID better at '
+                 '4x, worse at 1x; precision worse at 1x 4x; recall better at 1x 4x; rarest class level at 1x 4x.')
     assert any(line.startswith('- the SR process') and 'not scored yet' in line for line in lines)
     assert lines[-1].endswith('not measured yet: every difference counts.')
     # with a second training run of the preset, differences within its distance are level
     shipped = dict(point('kld_d', 4000, 11.5, 0.45, 0.67, 0.16), row=fc.SHIPPED)
     lines = fc.claim_lines(points + [shipped])
     k = next(line for line in lines if line.startswith('- K = 4'))
-    assert k == ('- K = 4 steps beat K = 1 (Table 3): FD level at 4x, worse at 1x; KID better at 4x, worse at 1x; '
-                 'precision level at 4x, worse at 1x; recall better at 4x, level at 1x.')
+    assert k == ('- K = 4 steps beat K = 1 (Table 3): holds from 4x on KID, recall; not up to 4x (512,000 images) on '
+                 'FD, precision, rarest class. By budget: FD level at 4x, worse at 1x; KID better at 4x, worse at 1x; '
+                 'precision level at 4x, worse at 1x; recall better at 4x, level at 1x; rarest class level at 1x 4x.')
     assert lines[-1] == ('Level: within the spread between two training runs of RGM-KLD-D at 1x, FD 1.5, KID 0.05, '
-                         'precision 0.07, recall 0.06 (one pair of runs).')
+                         'precision 0.07, recall 0.06, rarest class 0.0 points (one pair of runs).')
+    # from a budget on means at it and at every later one
+    assert fc.holds_from({4000: 'better', 8000: 'worse', 16000: 'better'}) == 16000
+    assert fc.holds_from({4000: 'better', 8000: 'better'}) == 4000
+    assert fc.holds_from({4000: 'better', 8000: 'level'}) is None
+    # the preset's questions are read the same way, after the paper's claims
+    text = fc.render_claims(dict(points=points + [point('kld_d_lam3e-3', 4000, 8, 0.4, 0.6, 0.2)]))
+    assert text.index('- MAP (RGM)') < text.index("The preset's own questions:") < text.index('- lambda = 3e-3')
+    assert "- lambda = 3e-3 beats the preset's 1e-3: holds from 1x on FD, KID, recall; not up to 1x (128,000" in text
 
 
 def test_the_estimate_uses_the_logged_rates_and_no_more_lanes_than_cores(tmp_path, monkeypatch):
@@ -173,15 +197,52 @@ def test_the_status_lists_each_rows_scored_snapshots():
     assert lines[0] == '- RGM-KLD-D, K = 4: 1k, 4k of 1k, 2k, 4k, 8k, 16k steps scored'
     assert '- RGM-KLD-D, lambda = 3e-3: 4k of 1k, 2k, 4k steps scored' in lines
     assert '- MMSE, K = 4 (same network without z): not scored yet' in lines and len(lines) == len(fc.ROWS)
+    results['training'] = {'kld_d': dict(steps=16000, seconds_per_step=0.42)}
+    assert fc.render_status(results).splitlines()[0] == ('- RGM-KLD-D, K = 4: 1k, 4k of 1k, 2k, 4k, 8k, 16k steps scored; '
+                                                         '16,000 steps trained at 0.42 s a step (112 min)')
 
 
-def test_the_short_view_shows_fd_and_recall_of_the_curve_rows_at_1x_2x_4x():
-    results = dict(n=10, points=[point('kld_d', 4000, 9.234, 1, 1, 0.1194), point('kld_d', 16000, 2, 1, 1, 0.5),
-                                 point('kld_d', 1000, 50, 1, 1, 0),                      # below 1x: not shown
-                                 point(fc.DDPM, 16000, 3, 1, 1, 0.7, sampler='DDIM 25'),
-                                 point(fc.DDPM, 16000, 30, 1, 1, 0.1, sampler='DDIM 4'),
-                                 point('kld_d_lam3e-3', 4000, 5, 1, 1, 0.2)])           # a 4,000-step row
-    lines = fc.render_short(results).splitlines()
-    assert lines[0] == '| model (n = 10) | 1x: FD / recall | 2x: FD / recall | 4x: FD / recall |'
-    assert lines[2] == '| RGM-KLD-D, K = 4 | 9.23 / 0.119 |  | 2.00 / 0.500 |'
-    assert lines[3] == '| DDPM, same network, DDIM 25 steps |  |  | 3.00 / 0.700 |' and len(lines) == 4
+def test_the_training_record_reads_each_rows_log(tmp_path):
+    ckpt(tmp_path, 'kld_d', 2000)
+    (tmp_path / 'kld_d' / 'log.jsonl').write_text('\n'.join(json.dumps(dict(step=s, img_per_s=r))
+                                                            for s, r in [(50, 40.0), (100, 80.0), (150, 60.0)]) + '\n')
+    assert fc.training_record(tmp_path) == {'kld_d': dict(steps=2000, seconds_per_step=32 / 60.0)}
+
+
+def test_the_main_view_shows_each_curve_row_at_1x_and_4x():
+    results = dict(n=100, ancestral_n=5, floor=dict(fd=0.5, kid_mean=0.0, precision=0.9, recall=0.9),
+                   points=[point('kld_d', 4000, 9.234, 0.5, 0.6, 0.1194), point('kld_d', 16000, 2, 0.1, 0.7, 0.5),
+                           point('kld_d', 1000, 50, 1, 1, 0),                         # below 1x: not shown
+                           dict(point(fc.DDPM, 16000, 3, 1, 1, 0.7, sampler='DDIM 25'), nfe=25),
+                           dict(point(fc.DDPM, 4000, 30, 1, 1, 0.1, sampler='ancestral'), nfe=1000, n=5),
+                           point('kld_d_lam3e-3', 4000, 5, 1, 1, 0.2)])               # a 4,000-step row
+    lines = fc.render_main(results).splitlines()
+    assert lines[0] == '| model | NFE | FD | KID | precision | recall | rarest class |'
+    assert lines[2] == '| 100 real training images (the floor) | | 0.50 | 0.000 | 0.900 | 0.900 | |'
+    assert lines[3] == '| RGM-KLD-D, K = 4 | 4 | 9.23 -> 2.00 | 0.500 -> 0.100 | 0.600 -> 0.700 | 0.119 -> 0.500 | 5.0% -> 5.0% |'
+    assert lines[4] == '| DDPM, same network, DDIM 25 | 25 | ... -> 3.00 | ... -> 1.000 | ... -> 1.000 | ... -> 0.700 | ... -> 5.0% |'
+    assert lines[5].startswith('| DDPM, same network, ancestral (n = 5) | 1000 | 30.00 -> ... |') and lines[6] == ''
+
+
+def test_the_lambda_table_gives_the_weight_per_image():
+    results = dict(n=10, points=[point('kld_d_lam3e-3', 4000, 7, 0.3, 0.6, 0.2), point('kld_d', 4000, 9, 0.5, 0.6, 0.1),
+                                 point('kld_d_lam0', 4000, 8, 0.4, 0.5, 0.05), point('kld_d', 16000, 2, 0.1, 0.7, 0.5)])
+    lines = fc.render_lambda(results).splitlines()
+    assert lines[2:5] == ['| 0 | 0.0 | 8.00 | 0.400 | 0.500 | 0.050 | 5.0% |', '| 1e-3 | 1.0 | 9.00 | 0.500 | 0.600 | 0.100 | 5.0% |',
+                          '| 3e-3 | 3.1 | 7.00 | 0.300 | 0.600 | 0.200 | 5.0% |'] and lines[5] == ''
+    assert '3.1 for the paper\'s CIFAR-10' in lines[6] and 'lambda 3e-3 weighs what 1e-3 weighs on CIFAR-10' in lines[6]
+
+
+def test_the_equal_budget_table_gives_ratios_to_rgm_and_where_ddim_reaches_it():
+    def at(row, fd, nfe, ms, sampler=None, n=100):
+        return dict(point(row, 16000, fd, 0.1, 0.6, 0.3, sampler=sampler), nfe=nfe, ms_per_image=ms, n=n)
+    results = dict(n=100, points=[at('kld_d', 2.0, 4, 10.0), at(fc.DDPM, 5.0, 4, 10.0, 'DDIM 4'),
+                                  at(fc.DDPM, 1.9, 10, 25.0, 'DDIM 10'), at(fc.DDPM, 1.5, 25, 60.0, 'DDIM 25'),
+                                  at(fc.DDPM, 1.0, 1000, 2400.0, 'ancestral', n=50)])
+    text = fc.render_ddpm(results)
+    assert '| 4x (512,000) | DDPM, DDIM 10 | 10 | 1.90 | 0.100 | 0.600 | 0.300 | 5.0% | 25.0 | 2.5x, 2.5x |' in text
+    assert '| 4x (512,000) | DDPM, ancestral (n = 50) | 1000 | 1.00 |' in text and '| 250x, 240x |' in text
+    assert "- 4x: DDIM reaches RGM-KLD-D's FD (2.00) first at 10 steps (FD 1.90, 2.5x the NFE)." in text
+    assert '- 1x: not scored yet.' in text
+    results['points'] = [p for p in results['points'] if p['sampler'] in (None, 'DDIM 4', 'ancestral')]
+    assert "- 4x: no DDIM up to 25 steps reaches RGM-KLD-D's FD (2.00; best 5.00)." in fc.render_ddpm(results)

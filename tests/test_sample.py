@@ -99,6 +99,21 @@ def test_threads_flag_sets_and_records_the_cpu_threads(ckpt, tmp_path):
         torch.set_num_threads(before)
 
 
+def test_channels_last_samples_the_same_images_to_rounding(ckpt, tmp_path):
+    """NHWC (sample.py's default on a CPU) draws the images NCHW draws, up to fp32 rounding: the 4-step chain
+    of the shipped Fashion-MNIST model and the tiny one, and the CLI records the layout it used."""
+    for G, meta in (models.load_generator(ROOT / 'checkpoints' / 'fashion_kld_d.pt'), (_tiny_G()[0], META)):
+        schedule = make_schedule(meta['schedule'], meta['K'])
+        shape = (4, meta['channels'], meta['image_size'], meta['image_size'])
+        plain = sample.draw(G, schedule, meta, shape, sample.chunk_generator(0, 0))
+        nhwc = sample.draw(G.to(memory_format=torch.channels_last), schedule, meta, shape, sample.chunk_generator(0, 0))
+        assert (nhwc - plain).abs().max() < 1e-4 and plain.std() > 0.1
+    for flag, expected in (([], True), (['--no-channels-last'], False)):
+        _run(['--ckpt', str(ckpt), '--n', '2', '--batch-size', '2', '--format', 'npz', *flag,
+              '--out', str(tmp_path / str(expected))])
+        assert json.loads((tmp_path / str(expected) / 'metrics.json').read_text())['channels_last'] is expected
+
+
 # ---- checkpoints --------------------------------------------------------------------------
 
 def test_checkpoint_samples_with_right_shape_range_and_lossless_files(ckpt, tmp_path):

@@ -39,6 +39,17 @@ def _load(results):
             f"preset {results['preset']}, {results['steps']} timed steps a row:\n\n{load.table(results['rows'])}\n")
 
 
+def read(path):
+    """A results file: JSON, or a benchmark's markdown output (its text)."""
+    text = (ROOT / path).read_text()
+    return text if path.endswith('.md') else json.loads(text)
+
+
+def _verbatim(text):
+    """A benchmark's markdown output as it printed it: the command line first, then its tables."""
+    return text
+
+
 def _pages(render):
     def make(*results):
         import pages
@@ -68,6 +79,7 @@ RENDERERS = {
     'fashion_curves_main': ('results/fashion_curves.json', _curves('render_main')),
     'fashion_curves_lambda': ('results/fashion_curves.json', _curves('render_lambda')),
     'fashion_curves_ddpm': ('results/fashion_curves.json', _curves('render_ddpm')),
+    'sampling_cpu': ('results/sampling_cpu_2026-12-04.md', _verbatim),
 }
 
 
@@ -76,7 +88,7 @@ def rendered(name):
     if name not in RENDERERS:
         raise ValueError(f'unknown rendered block {name!r}; known: {", ".join(RENDERERS)}')
     paths, make = RENDERERS[name]
-    text = make(*(json.loads((ROOT / path).read_text()) for path in ([paths] if isinstance(paths, str) else paths)))
+    text = make(*(read(path) for path in ([paths] if isinstance(paths, str) else paths)))
     return text if text.endswith('\n') else text + '\n'
 
 

@@ -5,7 +5,7 @@ cost does not depend on its weights, so an untrained NCSN++ of the named configu
 mode's samples are compared with eager's from the same noise (max |difference|).
 
     python bench/sampling.py --config fashion --threads 2              # the Fashion-MNIST network, CPU
-    python bench/sampling.py --config fashion --modes eager channels_last bf16 compile --threads 2
+    python bench/sampling.py --ckpt checkpoints/fashion_kld_d_4x.pt --modes eager channels_last bf16 compile --threads 2
     python bench/sampling.py --config tiny --modes eager compile --batch 16 100
     python bench/sampling.py --config cifar10 --device cuda            # the paper: 100 samples in 0.25 s (V100)
 
@@ -49,10 +49,19 @@ def variant(G, mode):
 
 
 def main(args):
-    G, device, size, nz = untrained_generator(args)
+    if args.ckpt:       # trained weights: the same time, but a difference from eager that means something
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        device = torch.device(args.device)
+        G, meta = models.load_generator(args.ckpt, device)
+        G.requires_grad_(False)
+        size, nz, config = meta['image_size'], meta['nz'], Path(args.ckpt).name
+    else:
+        G, device, size, nz = untrained_generator(args)
+        config = args.config
     C = G.conv_in.in_channels
     name = torch.cuda.get_device_name() if device.type == 'cuda' else f'cpu, {torch.get_num_threads()} threads'
-    print(f'{name}, torch {torch.__version__}, NCSN++ {args.config} ({C}x{size}x{size}, '
+    print(f'{name}, torch {torch.__version__}, NCSN++ {config} ({C}x{size}x{size}, '
           f'{sum(p.numel() for p in G.parameters()) / 1e6:.2f}M params), float32, median of {args.reps} runs\n')
     # the yardstick of each mode: the convolution in its own layout and precision
     layouts = {'eager': (torch.float32, False), 'channels_last': (torch.float32, True), 'bf16': (torch.bfloat16, True),
@@ -100,6 +109,8 @@ if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', default='tiny', choices=sorted(models.CONFIGS), help='NCSN++ configuration')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--ckpt', help='time this trained generator instead of an untrained --config network (the '
+                        'same cost; the difference from eager then measures what a mode changes in real samples)')
     parser.add_argument('--batch', type=cli.positive_int, nargs='+', default=[100], help='samples per call')
     parser.add_argument('--modes', nargs='+', default=['eager', 'channels_last'],
                         choices=['eager', 'channels_last', 'bf16', 'compile'])

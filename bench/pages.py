@@ -5,8 +5,8 @@ block to its file(s) and to one of the render_* functions here; tests/test_rende
 differs from what its files render.
 
 Fashion-MNIST: the docs' tables are the runner's own (table.md, nfe_table.md, pnp_table.md made again
-from the file); the README's are short views of them. Bold marks where a row beats RGM-KLD-D, computed
-from the numbers (the README's headline row aside, whose emphasis is fixed: SHORT_BOLD).
+from the file). Bold marks where a row beats RGM-KLD-D, computed from the numbers. (The README's
+Fashion-MNIST views are the learning curves', bench/fashion_curves.py's render_* functions.)
 """
 import fashion_table as ft
 
@@ -48,32 +48,6 @@ def render_table(results, *later):
     return ft.table_markdown(results['table']['n'], ordered, marked)
 
 
-# The README's view of the table: its rows and their labels there; the headline row's FD, KID and precision
-# in bold.
-SHORT_ROWS = {'floor': 'real training images (the floor)', 'kld_d': '**RGM-KLD-D**, K = 4',
-              'kld_sr': 'RGM-KLD-SR, K = 7', 'dswd_d': 'RGM-DSWD-D, K = 4 (100 projections)',
-              'kld_d_k1': 'RGM-KLD-D, K = 1 (ablation)', 'kld_d_lam0': 'RGM-KLD-D without fidelity (ablation)',
-              'kld_d_nz0': 'RGM-KLD-D without z (ablation)', 'kld_d_post': 'RGM-KLD-D, posterior sampling (ablation)',
-              'mmse_d': 'MMSE, the same network without z'}
-SHORT_BOLD = {'kld_d': ('fd', 'kid_mean', 'precision')}
-
-
-def render_short(results, *later):
-    """The README's view of render_table: NFE, FD (with its range over the seeds), KID, precision, recall and
-    the rarest class's share."""
-    rows = table_rows(results, *later)
-    lines = ['| model | NFE | FD | KID | precision | recall | rarest class |', '|---' * 7 + '|']
-    for row, label in SHORT_ROWS.items():
-        if row in rows:
-            r = rows[row]
-            cells = metric_cells(r, SHORT_BOLD.get(row, ()))
-            if r['seeds'] > 1:
-                label += f" ({r['seeds']} seeds)"
-                cells[0] += f" ({min(r['fd_seeds']):.2f} - {max(r['fd_seeds']):.2f})"
-            lines.append(md_row([label, str(r.get('nfe', '')), *cells]))
-    return '\n'.join(lines) + '\n'
-
-
 def nfe_point(rows, row, sampler):
     """The line of nfe.json's rows of one row at one sampler, or None."""
     return next((r for r in rows if r['row'] == row and r['sampler'] == sampler), None)
@@ -86,24 +60,6 @@ def render_nfe_table(results):
     target = nfe_point(rows, 'kld_d', None)
     return ft.nfe_markdown(results['nfe'], sentences=False, bold=lambda r: beats(r, target)
                            if target and r['sampler'] == ft.ANCESTRAL else ())
-
-
-# The README's view of the NFE comparison: (row, sampler, its label there).
-SHORT_NFE_ROWS = (('kld_d', None, 'RGM-KLD-D'), ('ddpm', 10, 'DDPM by DDIM (eta 0)'),
-                  ('ddpm', 100, 'DDPM by DDIM (eta 0)'), ('ddpm', ft.ANCESTRAL, 'DDPM, ancestral over all levels'))
-
-
-def render_nfe_short(results):
-    """The README's view of the NFE table; the ancestral sampler's cells in bold where it beats RGM-KLD-D."""
-    rows = results['nfe']['rows']
-    target = nfe_point(rows, 'kld_d', None)
-    lines = ['| sampler | NFE | FD | KID | precision | recall | rarest class | ms / image |', '|---' * 8 + '|']
-    for row, sampler, label in SHORT_NFE_ROWS:
-        r = nfe_point(rows, row, sampler)
-        if r is not None:
-            bold = beats(r, target) if sampler == ft.ANCESTRAL and target else ()
-            lines.append(md_row([label, str(r['nfe']), *metric_cells(r, bold), f"{r['ms_per_image']:,.0f}"]))
-    return '\n'.join(lines) + '\n'
 
 
 def render_nfe_4x(results):

@@ -65,9 +65,7 @@ TOY = tuple(f'results/toy2d_seed{seed}.json' for seed in (0, 1, 2))
 # name: (results file or files, function of their JSON -> markdown)
 RENDERERS = {
     'fashion_table': (TABLE, _pages('render_table')),
-    'fashion_table_short': (TABLE, _pages('render_short')),
     'fashion_nfe_table': ('results/fashion_nfe.json', _pages('render_nfe_table')),
-    'fashion_nfe_short': ('results/fashion_nfe.json', _pages('render_nfe_short')),
     'fashion_nfe_4x': ('results/fashion_nfe_4x.json', _pages('render_nfe_4x')),
     'fashion_pnp_table': ('results/fashion_pnp.json', _pages('render_pnp_table')),
     'toy2d_table': (TOY, _pages('render_toy_table')),

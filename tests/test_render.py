@@ -68,13 +68,10 @@ def test_a_results_file_renders_the_runners_own_table_and_marks_a_later_runs_tim
                                                             '| RGM-KLD-D, K = 1 (one step)']
     assert '| 11.4 |' in lines[2] and '| 41 * |' in lines[3] and '| 30.00 |' in lines[3]
     assert lines[4].endswith('| 4.8 * |') and '| 57 * |' in lines[4]
-    short = pages.render_short(first, dict(table=dict(n=100, rows=[k1])))
-    assert '| **RGM-KLD-D**, K = 4 (3 seeds) | 4 | **10.75** (10.70 - 10.80) |' in short
-    assert '| RGM-KLD-D, K = 1 (ablation) | 1 | 4.62 | 0.010 | 0.500 | 0.250 | 50.0% |' in short
 
 
 def test_the_views_set_in_bold_where_a_ddpm_point_beats_rgm_kld_d():
-    """The README's NFE view: the ancestral point's cells where it beats RGM-KLD-D (lower FD and KID, higher
+    """The NFE table: the ancestral point's cells where it beats RGM-KLD-D (lower FD and KID, higher
     precision, recall and rarest share), not where it loses; the 4x view: the first DDIM step count that
     reaches RGM-KLD-D's FD, on the same rule."""
     rgm = ft.Point('kld_d', ft.Sampling(100, 0, None, 4), dict(scored(5.0, 4, 10.0, kid=0.10, recall=0.2),
@@ -83,9 +80,6 @@ def test_the_views_set_in_bold_where_a_ddpm_point_beats_rgm_kld_d():
     ddim = [ft.Point(row, ft.Sampling(100, 0, s, s), scored(fd, s, 2.0 * s, kid=0.05, recall=0.1))
             for row in ('ddpm', 'ddpm_4x') for s, fd in ((10, 9.0), (25, 4.9), (100, 3.0))]
     nfe = dict(rows=ft.nfe_rows([rgm, ancestral, *ddim], 100, {}))
-    short = pages.render_nfe_short(dict(nfe=nfe)).splitlines()
-    assert short[-1] == '| DDPM, ancestral over all levels | 1000 | **4.00** | 0.200 | 0.500 | **0.300** | **50.0%** | 7,000 |'
-    assert '**' not in ''.join(short[:-1])
     four = pages.render_nfe_4x(dict(nfe=nfe)).splitlines()
     assert four[3] == '| DDIM | 25 | **4.90** | **0.050** | 0.500 | 0.100 | **50.0% - 50.0%** | 60.0 | 50.0 |'
     assert '**' not in four[2] + four[4] and four[-1].startswith('RGM-KLD-D for comparison: FD 5.00, KID 0.100')

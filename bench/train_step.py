@@ -42,9 +42,26 @@ WAITS = {'spin': {'GOMP_SPINCOUNT': str(train_images.OPENMP_SPIN_TURNS)}, 'passi
 WAIT_VARIABLES = ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')
 
 
-def bench(preset, device, amp, variant, batch, warmup, steps, threads, flags=()):
+def top_operators(step, steps, device, k=8):
+    """[(operator, share of the self time)] of the k costliest operators over `steps` calls of step(i)
+    (torch.profiler; device time on CUDA, CPU time elsewhere): where a step's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == 'cuda'
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for i in range(steps):
+            step(i)
+        if cuda:
+            torch.cuda.synchronize(device)
+    events = prof.key_averages()
+    time_of = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+    total = sum(time_of(e) for e in events) or 1
+    return [(e.key, time_of(e) / total) for e in sorted(events, key=time_of, reverse=True)[:k]]
+
+
+def bench(preset, device, amp, variant, batch, warmup, steps, threads, flags=(), profile=0):
     """{ms, images_per_s, peak_GB} of one preset's training iteration (with train_images `flags` on top):
-    the networks, optimisers and prior built by train_images.configure and build_nets, as a run builds them."""
+    the networks, optimisers and prior built by train_images.configure and build_nets, as a run builds them;
+    with `profile` steps, also the top operators of that many more steps (top_operators)."""
     compile, channels_last = VARIANTS[variant]
     if threads:
         torch.set_num_threads(threads)
@@ -94,7 +111,7 @@ def bench(preset, device, amp, variant, batch, warmup, steps, threads, flags=())
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024     # this process's peak
     ms = (time.perf_counter() - start) / steps * 1e3
     return dict(ms=ms, images_per_s=batch / ms * 1e3, peak_GB=peak / 2**30, batch=batch, max_steps=cfg.max_steps,
-                gflop=flops / 1e9)
+                gflop=flops / 1e9, profile=top_operators(step, profile, device) if profile else None)
 
 
 def peak(device, amp, variant, threads):
@@ -129,7 +146,7 @@ def main(args):
     print('| preset | prior | variant | OpenMP wait | threads | precision | batch | ms/step | images/s | GFLOP/step | '
           'GFLOP/s | peak GFLOP/s | % of peak | peak memory (GB) | hours for --max-steps |')
     print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
-    peaks = {}
+    peaks, profiles = {}, []
     for preset, flags in ([p, f.split()] for p in args.presets for f in args.flags or ['']):
         prior = train_images.parse_args(['--preset', preset, *flags]).prior
         row = ' '.join([preset, *flags])
@@ -142,8 +159,8 @@ def main(args):
                         if key not in peaks:
                             peaks[key] = child(dict(kind='peak', device=args.device, amp=amp, variant=variant,
                                                     threads=n), wait)[0]
-                        job = dict(preset=preset, device=args.device, amp=amp, variant=variant,
-                                   batch=batch, warmup=args.warmup, steps=args.steps, threads=n, flags=flags)
+                        job = dict(preset=preset, device=args.device, amp=amp, variant=variant, batch=batch,
+                                   warmup=args.warmup, steps=args.steps, threads=n, flags=flags, profile=args.profile)
                         r, error = child(job, wait)
                         if r is None:
                             print(f'| {row} | {prior} | {variant} | {wait} | {n or "-"} | {precision} | '
@@ -155,6 +172,13 @@ def main(args):
                               f'{r["ms"]:.1f} | {r["images_per_s"]:.1f} | {r["gflop"]:.2f} | {rate:.1f} | {top:.0f} | '
                               f'{100 * rate / top:.0f}% | {r["peak_GB"]:.2f} | '
                               f'{r["max_steps"] * r["ms"] / 3.6e6:.3g} |', flush=True)
+                        if r.get('profile'):
+                            profiles.append((f'{row}, {variant}, {wait}, {n or "-"} threads, {precision}', r['profile']))
+    if profiles:
+        print(f'\nWhere the time goes: the costliest operators of {args.profile} more steps (torch.profiler, share of '
+              'the self time)\n')
+        for label, top in profiles:
+            print(f'- {label}: ' + ', '.join(f'{name} {100 * share:.1f}%' for name, share in top))
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,6 +192,8 @@ if __name__ == '__main__':
     p.add_argument('--waits', nargs='+', default=['spin'], choices=list(WAITS),
                    help="how idle OpenMP threads wait: 'spin' (the default: briefly, as train_images.py sets), "
                         "'passive' (sleep at once) or 'default' (libgomp's long spin); on a CPU only")
+    p.add_argument('--profile', type=cli.nonnegative_int, default=0, metavar='STEPS',
+                   help='also profile this many steps of each row and print its costliest operators')
     p.add_argument('--precision', nargs='+', choices=['fp32', 'bf16'], help='default: fp32 (CPU), fp32 and bf16 (GPU)')
     p.add_argument('--threads', type=cli.nonnegative_int, nargs='+', default=[1, 2], help='CPU threads (0: torch\'s)')
     p.add_argument('--warmup', type=cli.nonnegative_int, default=3)

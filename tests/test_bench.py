@@ -81,3 +81,13 @@ def test_each_sampling_mode_runs_the_same_network():
     assert (nhwc - plain).abs().max() < 1e-5 and bf16.dtype == torch.float32
     scale = plain.abs().max()
     assert 1e-6 * scale < (bf16 - plain).abs().max() < 5e-2 * scale
+
+
+def test_the_profile_names_the_costliest_operators_of_a_step():
+    """--profile: shares of the self time, largest first, summing to at most 1; a convolution among them
+    (the networks are mostly convolutions)."""
+    import train_step
+    top = train_step.bench('tiny', 'cpu', False, 'eager', 4, warmup=1, steps=1, threads=1, profile=2)['profile']
+    shares = [share for _, share in top]
+    assert len(top) == 8 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+    assert any('convolution' in name for name, _ in top)

@@ -13,12 +13,13 @@ Sections:
  4. a short real run: torchrun on every GPU (NCCL), cifar10_kld_d on --dataset fake, ~200 steps
     with a checkpoint, then a resume;
  5. sampling latency for 100 CIFAR-10 images at NFE 4 (RGM-D) and 7 (RGM-SR): fp32 / bf16, eager /
-    compiled / CUDA graph, timed with CUDA events after warm-up (the paper: 250 ms on a V100);
+    NHWC (sample.py's CPU default) / compiled / CUDA graph, timed with CUDA events after warm-up (the paper: 250 ms on a V100);
  6. plug-and-play time per image for each task at 32 px.
 Untrained networks of the paper's sizes stand in for trained ones: the cost does not depend on the
 weights. Each section is timed; a failing section is reported and the next one runs.
 """
 import argparse
+import copy
 import json
 import os
 import re
@@ -152,7 +153,8 @@ def section_sampling(args):
         schedule = make_schedule(process, K).to(device)
         for precision in ('fp32', 'bf16'):
             amp = train_images.bf16_autocast(device, precision == 'bf16')
-            modes = ['eager'] + ([] if args.quick or args.no_compile else ['compile']) + (['cuda graph'] if device.type == 'cuda' else [])
+            modes = (['eager', 'channels_last'] + ([] if args.quick or args.no_compile else ['compile'])
+                     + (['cuda graph'] if device.type == 'cuda' else []))
             for mode in modes:
                 try:
                     fn = sampler(G, schedule, n, size, nz, device, amp, mode)
@@ -165,7 +167,8 @@ def section_sampling(args):
 def sampler(G, schedule, n, size, nz, device, autocast, mode):
     """A no-argument callable that draws n samples with Algorithm 3 in the given mode."""
     shape = (n, G.conv_in.in_channels, size, size)
-    net = torch.compile(G, mode='max-autotune-no-cudagraphs') if mode == 'compile' else G
+    net = (torch.compile(G, mode='max-autotune-no-cudagraphs') if mode == 'compile'
+           else copy.deepcopy(G).to(memory_format=torch.channels_last) if mode == 'channels_last' else G)
 
     def eager():
         with autocast(), torch.no_grad():

@@ -340,8 +340,8 @@ def build_parser():
     p.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None,
                    help='the generator in NHWC layout (default: on a CPU, where it samples faster; '
                    'bench/sampling.py --modes eager channels_last)')
-    p.add_argument('--compile', action='store_true', help='torch.compile the generator (bench/sampling.py: 1.2-1.7x '
-                                                          'faster on a CPU, after a compilation of ~20 s)')
+    p.add_argument('--compile', action='store_true', help='torch.compile the generator (bench/sampling.py, 2-core '
+                   'CPU: 1.35-1.45x the NHWC default, after a compilation of a few seconds; needs a C++ compiler)')
     p.add_argument('--figures', action='store_true', help='also write trajectory.png and z_role.png')
     p.add_argument('--versus', metavar='CKPT', help='also write versus.png: this model beside another checkpoint '
                                                     '(e.g. the MMSE baseline), same seed, min(--n, 64) images and '

@@ -232,8 +232,9 @@ def holds_from(by_step):
     return since
 
 
-def claim_line(claim, a, b, points, yardstick):
-    """'- claim: holds from <budget> on <metrics>; not up to <last budget> on <metrics>. By budget: ...'."""
+def claim_line(claim, a, b, points, yardstick, detail=True):
+    """'- claim: holds from <budget> on <metrics>; not up to <last budget> on <metrics>. By budget: ...'
+    (the verdict at each budget only with `detail`)."""
     v = verdicts(points, a, b, yardstick)
     if not v['fd']:
         return f'- {claim}: not scored yet.'
@@ -248,15 +249,15 @@ def claim_line(claim, a, b, points, yardstick):
     parts = [f'{name} ' + ', '.join(f"{verdict} at {' '.join(budget(s) for s in v[key] if v[key][s] == verdict)}"
                                     for verdict in ('better', 'level', 'worse') if verdict in v[key].values())
              for key, name, _ in CLAIM_METRICS]
-    return f"- {claim}: {summary}. By budget: {'; '.join(parts)}."
+    return f"- {claim}: {summary}." + (f" By budget: {'; '.join(parts)}." if detail else '')
 
 
-def claim_lines(points, claims=CLAIMS):
+def claim_lines(points, claims=CLAIMS, detail=True):
     """One line per claim: from which budget (1x, 2x, 4x of BASE; the rungs both rows have) the row the
     paper favours is better on each metric (at that budget and every later one), and at which budgets it is
     better, level (a difference within the spread between two training runs) or worse; then the yardstick."""
     yardstick = spread(points)
-    lines = [claim_line(claim, a, b, points, yardstick) for claim, a, b in claims]
+    lines = [claim_line(claim, a, b, points, yardstick, detail) for claim, a, b in claims]
     lines.append('Level: within the spread between two training runs of RGM-KLD-D at 1x, ' + (
         ', '.join(f"{name} {100 * yardstick[key]:.1f} points" if key == 'min_share' else f'{name} {yardstick[key]:.3g}'
                   for key, name, _ in CLAIM_METRICS) + ' (one pair of runs).' if yardstick
@@ -395,9 +396,11 @@ def render_ddpm(results):
             f"{reach[0][1]['nfe'] / rgm['nfe']:.3g}x the NFE)" if reach else
             f"no DDIM up to {DDPM_STEPS[-1]} steps reaches RGM-KLD-D's FD ({rgm['fd']:.2f}; best "
             f"{min(p['fd'] for s, p in ddpm if s != 'ancestral'):.2f})") + '.')
+    threads = sorted({p['threads'] for p in points if p['row'] in ('kld_d', DDPM) and p.get('threads')})
     lines += ['', *verdicts, '', f"n = {n:,} per point unless marked (seed 0); the DDPM's predicted x0 clamped to [-1, 1] "
-              "at each step, as its authors sample it. ms / image: the scoring run's own sampling time (batch 500, "
-              "the runner's threads), so a time ratio compares runs made under the load of their day."]
+              "at each step, as its authors sample it. ms / image: each point's own sampling time in the runner (batch "
+              f"500, {' or '.join(map(str, threads)) or 'the default'} CPU threads), a time ratio as good as the load "
+              "was alike between the two runs."]
     return '\n'.join(lines) + '\n'
 
 
@@ -429,11 +432,17 @@ def training_record(root):
     return out
 
 
-def render_claims(results):
+def render_claims(results, detail=True):
     """The claims' lines (claim_lines) as markdown, then the preset's questions read the same way."""
-    lines = claim_lines(results['points'])
-    questions = claim_lines(results['points'], QUESTIONS)[:-1]
+    lines = claim_lines(results['points'], detail=detail)
+    questions = claim_lines(results['points'], QUESTIONS, detail)[:-1]
     return '\n'.join([*lines[:-1], '', "The preset's own questions:", *questions, '', lines[-1]]) + '\n'
+
+
+def render_claims_short(results):
+    """The README's view of the claims: from which budget each holds, on which metrics, without the verdict
+    at every budget."""
+    return render_claims(results, detail=False)
 
 
 def render_table(results):

@@ -73,6 +73,7 @@ RENDERERS = {
     'toy2d_short': (TOY, _pages('render_toy_short')),
     'fashion_curves_table': ('results/fashion_curves.json', _curves('render_table')),
     'fashion_curves_claims': ('results/fashion_curves.json', _curves('render_claims')),
+    'fashion_curves_claims_short': ('results/fashion_curves.json', _curves('render_claims_short')),
     'fashion_curves_status': ('results/fashion_curves.json', _curves('render_status')),
     'fashion_curves_main': ('results/fashion_curves.json', _curves('render_main')),
     'fashion_curves_lambda': ('results/fashion_curves.json', _curves('render_lambda')),

@@ -109,6 +109,9 @@ def test_claims_say_from_which_budget_and_at_which_budgets_each_metric_favours_t
     text = fc.render_claims(dict(points=points + [point('kld_d_lam3e-3', 4000, 8, 0.4, 0.6, 0.2)]))
     assert text.index('- MAP (RGM)') < text.index("The preset's own questions:") < text.index('- lambda = 3e-3')
     assert "- lambda = 3e-3 beats the preset's 1e-3: holds from 1x on FD, KID, recall; not up to 1x (128,000" in text
+    short = fc.render_claims_short(dict(points=points)).splitlines()
+    assert short[0] == ('- K = 4 steps beat K = 1 (Table 3): holds from 1x on recall, from 4x on FD, KID; not up to 4x '
+                        '(512,000 images) on precision, rarest class.')
 
 
 def test_the_estimate_uses_the_logged_rates_and_no_more_lanes_than_cores(tmp_path, monkeypatch):

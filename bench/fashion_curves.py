@@ -399,7 +399,7 @@ def render_ddpm(results):
     threads = sorted({p['threads'] for p in points if p['row'] in ('kld_d', DDPM) and p.get('threads')})
     lines += ['', *verdicts, '', f"n = {n:,} per point unless marked (seed 0); the DDPM's predicted x0 clamped to [-1, 1] "
               "at each step, as its authors sample it. ms / image: each point's own sampling time in the runner (batch "
-              f"500, {' or '.join(map(str, threads)) or 'the default'} CPU threads), a time ratio as good as the load "
+              f"500, CPU threads: {' or '.join(map(str, threads)) or 'the default'}), a time ratio as good as the load "
               "was alike between the two runs."]
     return '\n'.join(lines) + '\n'
 

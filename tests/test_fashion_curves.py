@@ -144,7 +144,7 @@ def test_a_snapshot_sampled_scored_and_written(tmp_path):
     assert (p['row'], p['step'], p['images'], p['nfe'], p['n']) == ('kld_d', 4000, 128_000, 4, 20)
     r = json.loads((fc.eval_dir(root, 'kld_d', 4000, 20, None) / 'metrics.json').read_text())
     assert p['fd'] == r['fd'] > 0 and p['recall'] == r['recall'] and r['ckpt'] == str(snap)
-    assert fc.spread(points) == dict(fd=0.0, kid_mean=0.0, precision=0.0, recall=0.0)
+    assert fc.spread(points) == dict(fd=0.0, kid_mean=0.0, precision=0.0, recall=0.0, min_share=0.0)
     assert fc.todo(root, 20, 0) == []                  # scored once
     floor = dict(fd=0.5, kid_mean=-0.01, precision=0.86, recall=0.9)
     fc.write(root, points, 20, 0, 'python bench/fashion_curves.py --n 20', floor)

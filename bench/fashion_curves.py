@@ -376,7 +376,7 @@ def render_ddpm(results):
     n, points = results['n'], results['points']
     lines = ['| budget | sampler | NFE | FD | KID | precision | recall | rarest class | ms / image | NFE, time vs RGM |',
              '|---' * 10 + '|']
-    verdicts = []
+    verdicts, shown = [], []
     for step in (BASE, 4 * BASE):
         rgm = find(points, 'kld_d', step)
         ddpm = [(s, find(points, DDPM, step, s)) for s in [f'DDIM {k}' for k in DDPM_STEPS] + ['ancestral']]
@@ -384,6 +384,7 @@ def render_ddpm(results):
         if rgm is None or not ddpm:
             verdicts.append(f'- {budget(step)}: not scored yet.')
             continue
+        shown += [rgm] + [p for _, p in ddpm]
         for label, p in [('RGM-KLD-D, its chain', rgm)] + [(f'DDPM, {s}', p) for s, p in ddpm]:
             ratio = '' if p is rgm else f"{p['nfe'] / rgm['nfe']:.3g}x, {p['ms_per_image'] / rgm['ms_per_image']:.3g}x"
             own_n = '' if p['n'] == n else f" (n = {p['n']:,})"
@@ -396,7 +397,7 @@ def render_ddpm(results):
             f"{reach[0][1]['nfe'] / rgm['nfe']:.3g}x the NFE)" if reach else
             f"no DDIM up to {DDPM_STEPS[-1]} steps reaches RGM-KLD-D's FD ({rgm['fd']:.2f}; best "
             f"{min(p['fd'] for s, p in ddpm if s != 'ancestral'):.2f})") + '.')
-    threads = sorted({p['threads'] for p in points if p['row'] in ('kld_d', DDPM) and p.get('threads')})
+    threads = sorted({p['threads'] for p in shown if p.get('threads')})
     lines += ['', *verdicts, '', f"n = {n:,} per point unless marked (seed 0); the DDPM's predicted x0 clamped to [-1, 1] "
               "at each step, as its authors sample it. ms / image: each point's own sampling time in the runner (batch "
               f"500, CPU threads: {' or '.join(map(str, threads)) or 'the default'}), a time ratio as good as the load "

@@ -475,8 +475,9 @@ def figure(path, points, n, floor=None):
     import matplotlib.ticker  # noqa: F401   (matplotlib.ticker.NullFormatter)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     order = [*ROWS, SHIPPED]
+    steps_of = lambda sampler: 0 if sampler is None else 10**6 if sampler == 'ancestral' else int(sampler.split()[1])  # noqa: E731
     curves = sorted({(p['row'], p['sampler']) for p in points if p['n'] == n},
-                    key=lambda c: (order.index(c[0]), str(c[1])))
+                    key=lambda c: (order.index(c[0]), steps_of(c[1])))
     for ax, (key, name, sign) in zip(axes.flat, METRICS):
         for row, sampler in curves:
             line = sorted((p for p in points if (p['row'], p['sampler']) == (row, sampler) and p['n'] == n),

@@ -412,7 +412,7 @@ def render_status(results):
     training = results.get('training') or {}
     for row, (label, _, _, steps) in ROWS.items():
         done = sorted({p['step'] for p in results['points'] if p['row'] == row})
-        rungs = [s for s in RUNGS if s <= steps]
+        rungs = [s for s in (DDPM_RUNGS if row == DDPM else RUNGS) if s <= steps]
         line = f"- {label}: " + (f"{', '.join(f'{s // 1000}k' for s in done)} of {', '.join(f'{s // 1000}k' for s in rungs)} "
                                  'steps scored' if done else 'not scored yet')
         if row in training:

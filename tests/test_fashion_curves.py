@@ -200,6 +200,9 @@ def test_the_status_lists_each_rows_scored_snapshots():
     assert lines[0] == '- RGM-KLD-D, K = 4: 1k, 4k of 1k, 2k, 4k, 8k, 16k steps scored'
     assert '- RGM-KLD-D, lambda = 3e-3: 4k of 1k, 2k, 4k steps scored' in lines
     assert '- MMSE, K = 4 (same network without z): not scored yet' in lines and len(lines) == len(fc.ROWS)
+    results['points'].append(point(fc.DDPM, 4000, 1, 1, 1, 1, sampler='DDIM 4'))     # its rungs: its two budgets
+    assert '- DDPM, same network: 4k of 4k, 16k steps scored' in fc.render_status(results).splitlines()
+    results['points'].pop()
     results['training'] = {'kld_d': dict(steps=16000, seconds_per_step=0.42)}
     assert fc.render_status(results).splitlines()[0] == ('- RGM-KLD-D, K = 4: 1k, 4k of 1k, 2k, 4k, 8k, 16k steps scored; '
                                                          '16,000 steps trained at 0.42 s a step (112 min)')

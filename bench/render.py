@@ -80,6 +80,7 @@ RENDERERS = {
     'fashion_curves_ddpm': ('results/fashion_curves.json', _curves('render_ddpm')),
     'sampling_cpu': ('results/sampling_cpu_2026-12-04.md', _verbatim),
     'train_step_bf16': ('results/train_step_bf16_cpu_2026-12-04.md', _verbatim),
+    'fashion_pnp_4x': ('results/fashion_pnp_4x_2026-12-04.md', _verbatim),
 }
 
 

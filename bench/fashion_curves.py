@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 import cli  # noqa: E402
 import metrics  # noqa: E402
 import train_images  # noqa: E402
+import pages  # noqa: E402
 from fashion_table import (logged_rates, median_step_seconds, run, scores_of,  # noqa: E402
                            train_side_by_side)
 
@@ -298,9 +299,10 @@ def render_markdown(results):
     return render_table(results) + '\nClaims, by budget and metric:\n' + render_claims(results)
 
 
-def fmt(key, value):
-    """A score as the tables show it: FD to 2 decimals, KID and precision / recall to 3, shares in %."""
-    return f'{100 * value:.1f}%' if key == 'min_share' else f'{value:.2f}' if key == 'fd' else f'{value:.3f}'
+def cells(point):
+    """FD, KID, precision, recall and the rarest class's share of a point, as every Fashion table writes them
+    (pages.metric_cells)."""
+    return pages.metric_cells(point)
 
 
 def curve_samplers():
@@ -318,15 +320,15 @@ def render_main(results):
     floor = results.get('floor')
     if floor:
         lines.append(f'| {n:,} real training images (the floor) | | '
-                     + ' | '.join(fmt(key, floor[key]) for key, _, _ in METRICS) + ' | |')
+                     + ' | '.join(cells(dict(floor, min_share=0.0))[:4]) + ' | |')     # no class shares
     for row, sampler in curve_samplers():
         a, b = find(points, row, BASE, sampler), find(points, row, 4 * BASE, sampler)
         if a is None and b is None:
             continue
         p = a or b
         label = ROWS[row][0] + (f', {sampler}' if sampler else '') + ('' if p['n'] == n else f" (n = {p['n']})")
-        cells = [' -> '.join(fmt(key, q[key]) if q else '...' for q in (a, b)) for key, _, _ in keys]
-        lines.append(f"| {label} | {p['nfe']} | {' | '.join(cells)} |")
+        both = zip(*(cells(q) if q else ['...'] * len(keys) for q in (a, b)))
+        lines.append(f"| {label} | {p['nfe']} | {' | '.join(' -> '.join(pair) for pair in both)} |")
     lines += ['', f"Each cell: at 1x -> at 4x the 2-epoch budget ({32 * BASE:,} -> {32 * 4 * BASE:,} training images; "
               f"'...': not scored yet). n = {n:,} samples per point (seed 0) against the 10,000 test images"
               + (f", the DDPM's ancestral points {results['ancestral_n']:,}" if results.get('ancestral_n') else '')
@@ -358,7 +360,7 @@ def render_lambda(results):
         if p is None:
             continue
         lam, pixels = lam_of('kld_d' if row == SHIPPED else row)
-        lines.append(f'| {lam_text(lam)}{note} | {lam * pixels:.1f} | ' + ' | '.join(fmt(key, p[key]) for key, _, _ in keys) + ' |')
+        lines.append(f'| {lam_text(lam)}{note} | {lam * pixels:.1f} | ' + ' | '.join(cells(p)) + ' |')
     cifar, celeba = (train_images.PRESETS[p]['lam'] * PIXELS[train_images.PRESETS[p]['dataset']]
                      for p in ('cifar10_kld_d', 'celeba256_kld_d'))
     lines += ['', f'RGM-KLD-D, K = 4, at 1x ({32 * BASE:,} training images), n = {results["n"]:,}. The fidelity term is a '
@@ -389,7 +391,7 @@ def render_ddpm(results):
             ratio = '' if p is rgm else f"{p['nfe'] / rgm['nfe']:.3g}x, {p['ms_per_image'] / rgm['ms_per_image']:.3g}x"
             own_n = '' if p['n'] == n else f" (n = {p['n']:,})"
             lines.append(f"| {budget(step)} ({32 * step:,}) | {label}{own_n} | {p['nfe']} | "
-                         + ' | '.join(fmt(key, p[key]) for key in ('fd', 'kid_mean', 'precision', 'recall', 'min_share'))
+                         + ' | '.join(cells(p))
                          + f" | {p['ms_per_image']:.1f} | {ratio} |")
         reach = [(s, p) for s, p in ddpm if p['sampler'] != 'ancestral' and p['fd'] <= rgm['fd']]
         verdicts.append(f"- {budget(step)}: " + (

@@ -180,6 +180,22 @@ def score(root, points, data_dir, classifier, threads):
             root / f'{row}.sample.log')
 
 
+def sampler_name(steps):
+    """None (the RGM / MMSE chain), 'DDIM <steps>' or 'ancestral' (1000 levels)."""
+    return None if steps is None else 'ancestral' if steps == 1000 else f'DDIM {steps}'
+
+
+def as_point(row, label, step, n, steps, nfe, r):
+    """One point of curves.json from a sampling's metrics.json r (scores of n samples): row, label, step,
+    images seen, sampler, NFE, the scores and the sampling's time per image."""
+    shares = r['class_shares']
+    return dict(row=row, label=label, step=step, images=32 * step, n=n, nfe=nfe, sampler=sampler_name(steps),
+                fd=r['fd'], kid_mean=r['kid_mean'], precision=r['precision'], recall=r['recall'],
+                min_share=min(shares.values()), rarest=min(shares, key=shares.get),
+                ms_per_image=1e3 * r['sampling_seconds'] / r['n'], threads=r.get('threads'),
+                clip_x0=r.get('clip_x0', False))
+
+
 def collect(root, n, ancestral_n):
     """Every scored point: dicts of row, label, step, images seen, sampler, NFE and the scores."""
     points = []
@@ -187,16 +203,54 @@ def collect(root, n, ancestral_n):
         for step in snapshots(root, row):
             for m, steps, nfe in samplings(row, step, n, ancestral_n):
                 r = scored(root, row, step, m, steps)
-                if r is None:
-                    continue
-                shares = r['class_shares']
-                points.append(dict(row=row, label=label, step=step, images=32 * step, n=m, nfe=nfe,
-                                   sampler=None if steps is None else 'ancestral' if steps == 1000 else f'DDIM {steps}',
-                                   fd=r['fd'], kid_mean=r['kid_mean'], precision=r['precision'], recall=r['recall'],
-                                   min_share=min(shares.values()), rarest=min(shares, key=shares.get),
-                                   ms_per_image=1e3 * r['sampling_seconds'] / r['n'], threads=r.get('threads'),
-                                   clip_x0=r.get('clip_x0', False)))
+                if r is not None:
+                    points.append(as_point(row, label, step, m, steps, nfe, r))
     return points
+
+
+# The ancestral points are scored on fewer samples (--ancestral-n) than the others, and FD, KID and
+# precision / recall all move with the number of samples (FD upwards as n falls). So each ancestral point is
+# also set beside the first ancestral_n samples of these samplers at the same budget (the same draws as their
+# n-sample points, scored again) and beside as many real images: a comparison at one n.
+EQUAL_N_PEERS = (('kld_d', None), *((DDPM, s) for s in DDPM_STEPS))
+
+
+def first_scores(root, row, step, n, steps, m, scorer):
+    """The metrics of the first m of a point's n samples (its samples.npz), as sample.py writes them (the
+    point's sampling time included), cached as first<m>.json beside the samples and used while it is newer
+    than they are; None when the point is not scored from its checkpoint as it is now, or has no samples."""
+    folder = eval_dir(root, row, step, n, steps)
+    r, samples, cache = scored(root, row, step, n, steps), folder / 'samples.npz', folder / f'first{m}.json'
+    if r is None or not samples.is_file():
+        return None
+    if cache.is_file() and cache.stat().st_mtime >= samples.stat().st_mtime:
+        return json.loads(cache.read_text())
+    out = dict(r, **scorer(metrics.load_samples(samples)[:m]), first_of=n)
+    cli.write_json(cache, out)
+    return out
+
+
+def equal_n(root, n, ancestral_n, classifier, data_dir):
+    """{'n': ancestral_n, 'floor': what ancestral_n real images score, 'points': the first ancestral_n samples
+    of each EQUAL_N_PEERS sampler at every budget where the DDPM has an ancestral point} (curves.json's
+    'equal_n'), or None when there is no ancestral point at a smaller n than the rest."""
+    if not 0 < ancestral_n < n or not any(scored(root, DDPM, s, ancestral_n, 1000) for s in DDPM_RUNGS):
+        return None
+    scorer = None
+    points = []
+    for step in DDPM_RUNGS:
+        if scored(root, DDPM, step, ancestral_n, 1000) is None:
+            continue
+        for row, steps in EQUAL_N_PEERS:
+            if scorer is None:        # the classifier and the test set's reference, loaded once
+                scorer = metrics.Scores(dict(dataset='fashion_mnist', channels=1), ancestral_n,
+                                        classifier=classifier, data_dir=data_dir)
+                scorer.prepare()
+            nfe = steps or train_images.parse_args(train_args(row, 'data', 0, False)).K
+            r = first_scores(root, row, step, n, steps, ancestral_n, scorer)
+            if r is not None:
+                points.append(as_point(row, ROWS[row][0], step, ancestral_n, steps, nfe, r))
+    return dict(n=ancestral_n, floor=floor_of(classifier, data_dir, ancestral_n), points=points)
 
 
 def find(points, row, step, sampler=None):
@@ -281,12 +335,14 @@ def floor_of(classifier, data_dir, n):
     return {key: r[key] for key, _, _ in METRICS}
 
 
-def write(root, points, n, ancestral_n, command, floor=None, training=None):
-    """curves.json (every point, with the command, date and machine that made them, the floor at n and
-    each row's training record), curves.md (what render_markdown makes of it) and curves.png in --root."""
+def write(root, points, n, ancestral_n, command, floor=None, training=None, same_n=None):
+    """curves.json (every point, with the command, date and machine that made them, the floor at n, each
+    row's training record and the ancestral points' peers at their n: equal_n), curves.md (what
+    render_markdown makes of it) and curves.png in --root."""
     made = cli.provenance('bench/fashion_curves.py')           # the date and machine of every results file
     results = dict(n=n, ancestral_n=ancestral_n, base_steps=BASE, batch=32, command=command,
-                   date=made['date'], machine=made['machine'], floor=floor, training=training, points=points)
+                   date=made['date'], machine=made['machine'], floor=floor, training=training, points=points,
+                   equal_n=same_n)
     (root / 'curves.json').write_text(json.dumps(results, indent=2) + '\n')
     text = render_markdown(results)
     (root / 'curves.md').write_text(text)
@@ -404,7 +460,40 @@ def render_ddpm(results):
               "at each step, as its authors sample it. ms / image: each point's own sampling time in the runner (batch "
               f"500, CPU threads: {' or '.join(map(str, threads)) or 'the default'}), a time ratio as good as the load "
               "was alike between the two runs."]
-    return '\n'.join(lines) + '\n'
+    return '\n'.join(lines) + '\n' + render_equal_n(results)
+
+
+def render_equal_n(results):
+    """The ancestral points beside the first as many samples of RGM-KLD-D and of each DDIM sampler at the
+    same budget and beside real images (curves.json's equal_n), with the metrics on which the ancestral
+    sampler beats RGM-KLD-D; '' when there is none."""
+    same = results.get('equal_n')
+    if not same or not same['points']:
+        return ''
+    m, peers, points = same['n'], same['points'], results['points']
+    lines = ['', f"At the ancestral points' n = {m:,}: the first {m:,} of each sampler's {results['n']:,} samples "
+             f'(the same draws, scored again), the ancestral samples and {m:,} real training images; FD, KID and '
+             'precision / recall all move with n, so only this table compares the ancestral sampler.', '',
+             '| budget | sampler | NFE | FD | KID | precision | recall | rarest class |', '|---' * 8 + '|']
+    if same.get('floor'):
+        lines.append(f'| | {m:,} real training images (the floor at this n) | | '
+                     + ' | '.join(cells(dict(same['floor'], min_share=0.0))[:4]) + ' | |')
+    readings = []
+    for step in DDPM_RUNGS:
+        ancestral = find(points, DDPM, step, 'ancestral')
+        rows = [p for p in peers if p['step'] == step] + ([ancestral] if ancestral else [])
+        for p in rows:
+            label = 'RGM-KLD-D, its chain' if p['row'] == 'kld_d' else f"DDPM, {p['sampler']}"
+            lines.append(f"| {budget(step)} ({32 * step:,}) | {label} | {p['nfe']} | " + ' | '.join(cells(p)) + ' |')
+        rgm = next((p for p in rows if p['row'] == 'kld_d'), None)
+        if rgm and ancestral:
+            lead = {name: sign * (ancestral[key] - rgm[key]) for key, name, sign in CLAIM_METRICS}
+            said = [f"{verdict} on {', '.join(names)}" for verdict, names in
+                    (('better', [k for k, d in lead.items() if d > 0]), ('worse', [k for k, d in lead.items() if d < 0]),
+                     ('equal', [k for k, d in lead.items() if d == 0])) if names]
+            readings.append(f"- {budget(step)}: the ancestral sampler ({ancestral['nfe']} NFE) against RGM-KLD-D "
+                            f"({rgm['nfe']} NFE), both at n = {m:,}: {'; '.join(said)} (one draw each).")
+    return '\n'.join([*lines, '', *readings]) + '\n'
 
 
 def render_status(results):
@@ -563,7 +652,8 @@ def main(args):
           args.classifier, args.threads)             # the shipped run, the claims' yardstick, whatever --rows
     command = cli.provenance('bench/fashion_curves.py')['command']
     write(root, collect(root, args.n, args.ancestral_n), args.n, args.ancestral_n, command,
-          floor_of(args.classifier, args.data_dir, args.n), training_record(root))
+          floor_of(args.classifier, args.data_dir, args.n), training_record(root),
+          equal_n(root, args.n, args.ancestral_n, args.classifier, args.data_dir))
     if args.publish:
         publish(root)
     if args.ship:

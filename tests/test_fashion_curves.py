@@ -252,3 +252,63 @@ def test_the_equal_budget_table_gives_ratios_to_rgm_and_where_ddim_reaches_it():
     assert '- 1x: not scored yet.' in text
     results['points'] = [p for p in results['points'] if p['sampler'] in (None, 'DDIM 4', 'ancestral')]
     assert "- 4x: no DDIM up to 25 steps reaches RGM-KLD-D's FD (2.00; best 5.00)." in fc.render_ddpm(results)
+
+
+def fake_point(root, row, step, n, steps, images):
+    """A snapshot scored by hand: its checkpoint, a metrics.json that names it, and the samples."""
+    import numpy as np
+    snap = root / row / 'checkpoints' / f'ckpt_{step:08d}.pt'
+    if not snap.exists():
+        snap.parent.mkdir(parents=True, exist_ok=True)
+        snap.write_bytes(b'x')
+        os.utime(snap, (1, 1))
+    out = fc.eval_dir(root, row, step, n, steps)
+    out.mkdir(parents=True)
+    np.savez(out / 'samples.npz', images.permute(0, 2, 3, 1).numpy())
+    (out / 'metrics.json').write_text(json.dumps(dict(ckpt=str(snap), n=n, sampling_seconds=0.1 * n, threads=1,
+                                                      fd=99.0, kid_mean=9.0, precision=0.0, recall=0.0,
+                                                      class_shares={'Bag': 1.0})))
+
+
+def test_the_ancestral_points_are_compared_at_their_own_n_on_the_first_samples_of_the_others(tmp_path, monkeypatch):
+    """equal_n scores the first m samples of RGM-KLD-D and of each DDIM sampler at the budget of every
+    ancestral point (the shipped classifier's stored test statistics, no data set), caches them beside the
+    samples while the samples are older, and render_ddpm sets them beside the ancestral point."""
+    import torch
+    monkeypatch.setattr(fc, 'floor_of', lambda classifier, data_dir, n: dict(fd=0.5, kid_mean=0.0, precision=0.9,
+                                                                           recall=0.9))
+    monkeypatch.setattr(fc.metrics.data, 'find_fashion_files', lambda *a, **k: None)    # as on a machine without it
+    gen = torch.Generator().manual_seed(0)
+    sets = {name: torch.randint(0, 256, (40, 1, 32, 32), generator=gen, dtype=torch.uint8) for name in ('rgm', 'ddim')}
+    root = tmp_path / 'curves'
+    fake_point(root, 'kld_d', 16000, 40, None, sets['rgm'])
+    fake_point(root, fc.DDPM, 16000, 40, 10, sets['ddim'])
+    assert fc.equal_n(root, 40, 20, fc.metrics.DEFAULT_CLASSIFIER, str(tmp_path / 'no-data')) is None  # no ancestral
+    fake_point(root, fc.DDPM, 16000, 20, 1000, sets['ddim'][:20])
+    same = fc.equal_n(root, 40, 20, fc.metrics.DEFAULT_CLASSIFIER, str(tmp_path / 'no-data'))
+    assert same['n'] == 20 and same['floor']['fd'] == 0.5
+    assert [(p['row'], p['sampler'], p['nfe'], p['n']) for p in same['points']] == [('kld_d', None, 4, 20),
+                                                                                  (fc.DDPM, 'DDIM 10', 10, 20)]
+    net, _ = fc.metrics.load_classifier(fc.metrics.DEFAULT_CLASSIFIER)
+    ref = fc.metrics.stored_reference(fc.metrics.DEFAULT_CLASSIFIER)
+    first = fc.metrics.scores_against(net, sets['rgm'][:20], ref)
+    rgm = same['points'][0]
+    assert rgm['fd'] == pytest.approx(first['fd']) and rgm['recall'] == pytest.approx(first['recall'])
+    assert rgm['fd'] != pytest.approx(fc.metrics.scores_against(net, sets['rgm'], ref)['fd'])   # not all 40
+    assert rgm['ms_per_image'] == pytest.approx(100.0)            # the sampling's own time per image
+    # the cache is used while it is newer than the samples, and made again after them
+    cache = fc.eval_dir(root, 'kld_d', 16000, 40, None) / 'first20.json'
+    cache.write_text(json.dumps(dict(json.loads(cache.read_text()), fd=123.0)))
+    assert fc.equal_n(root, 40, 20, fc.metrics.DEFAULT_CLASSIFIER, 'no-data')['points'][0]['fd'] == 123.0
+    samples = cache.parent / 'samples.npz'
+    os.utime(samples, (cache.stat().st_mtime + 10,) * 2)
+    assert fc.equal_n(root, 40, 20, fc.metrics.DEFAULT_CLASSIFIER, 'no-data')['points'][0]['fd'] == pytest.approx(first['fd'])
+    # the equal-budget table adds the comparison at n = 20
+    points = fc.collect(root, 40, 20)
+    text = fc.render_ddpm(dict(n=40, points=points, equal_n=same))
+    assert "At the ancestral points' n = 20: the first 20 of each sampler's 40 samples" in text
+    assert '| | 20 real training images (the floor at this n) | | 0.50 | 0.000 | 0.900 | 0.900 | |' in text
+    assert f"| 4x (512,000) | RGM-KLD-D, its chain | 4 | {rgm['fd']:.2f} |" in text
+    assert '| 4x (512,000) | DDPM, ancestral | 1000 |' in text
+    assert '- 4x: the ancestral sampler (1000 NFE) against RGM-KLD-D (4 NFE), both at n = 20: ' in text
+    assert fc.render_equal_n(dict(n=40, points=points, equal_n=None)) == ''

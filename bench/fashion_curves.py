@@ -463,6 +463,31 @@ def render_ddpm(results):
     return '\n'.join(lines) + '\n' + render_equal_n(results)
 
 
+def render_ddpm_short(results):
+    """The README's view of the equal-budget comparison: at 1x and 4x, RGM-KLD-D's scores beside the DDPM's
+    DDIM at its most steps and, at the ancestral points' n, its ancestral sampler beside RGM-KLD-D's first
+    as many samples; FD / KID / precision / recall / rarest class."""
+    points, same = results['points'], results.get('equal_n') or {}
+    def scores(p):
+        return ' / '.join(cells(p))
+    lines = [f"FD / KID / precision / recall / rarest class's share; n = {results['n']:,} samples (seed 0) unless given; "
+             "the DDPM's predicted x0 clamped to [-1, 1].", '']
+    for step in DDPM_RUNGS:
+        rgm, ddim = find(points, 'kld_d', step), find(points, DDPM, step, f'DDIM {DDPM_STEPS[-1]}')
+        if rgm is None or ddim is None:
+            lines.append(f'- {budget(step)}: not scored yet.')
+            continue
+        line = (f"- {budget(step)} ({32 * step:,} images each): RGM-KLD-D, {rgm['nfe']} NFE, {scores(rgm)}; the DDPM by "
+                f"DDIM {DDPM_STEPS[-1]} ({ddim['nfe'] / rgm['nfe']:.3g}x the NFE) {scores(ddim)}")
+        ancestral = find(points, DDPM, step, 'ancestral')
+        first = next((p for p in same.get('points', []) if p['step'] == step and p['row'] == 'kld_d'), None)
+        if ancestral and first:
+            line += (f"; at n = {ancestral['n']:,}, its ancestral sampler ({ancestral['nfe'] / rgm['nfe']:.3g}x the NFE) "
+                     f"{scores(ancestral)} against RGM-KLD-D's {scores(first)}")
+        lines.append(line + '.')
+    return '\n'.join(lines) + '\n'
+
+
 def render_equal_n(results):
     """The ancestral points beside the first as many samples of RGM-KLD-D and of each DDIM sampler at the
     same budget and beside real images (curves.json's equal_n), with the metrics on which the ancestral

@@ -78,6 +78,7 @@ RENDERERS = {
     'fashion_curves_main': ('results/fashion_curves.json', _curves('render_main')),
     'fashion_curves_lambda': ('results/fashion_curves.json', _curves('render_lambda')),
     'fashion_curves_ddpm': ('results/fashion_curves.json', _curves('render_ddpm')),
+    'fashion_curves_ddpm_short': ('results/fashion_curves.json', _curves('render_ddpm_short')),
     'sampling_cpu': ('results/sampling_cpu_2026-12-04.md', _verbatim),
     'train_step_bf16': ('results/train_step_bf16_cpu_2026-12-04.md', _verbatim),
     'fashion_pnp_4x': ('results/fashion_pnp_4x_2026-12-04.md', _verbatim),

@@ -312,3 +312,18 @@ def test_the_ancestral_points_are_compared_at_their_own_n_on_the_first_samples_o
     assert '| 4x (512,000) | DDPM, ancestral | 1000 |' in text
     assert '- 4x: the ancestral sampler (1000 NFE) against RGM-KLD-D (4 NFE), both at n = 20: ' in text
     assert fc.render_equal_n(dict(n=40, points=points, equal_n=None)) == ''
+
+
+def test_the_readme_view_of_the_equal_budget_comparison_sets_each_sampler_beside_rgm_at_one_n():
+    def at(row, step, fd, nfe, sampler=None, n=100):
+        return dict(point(row, step, fd, 0.1, 0.6, 0.3, sampler=sampler), nfe=nfe, n=n)
+    points = [at('kld_d', 16000, 2.0, 4), at(fc.DDPM, 16000, 8.0, 25, 'DDIM 25'), at(fc.DDPM, 16000, 3.0, 1000, 'ancestral', 10)]
+    results = dict(n=100, points=points, equal_n=dict(n=10, points=[at('kld_d', 16000, 6.5, 4, n=10)]))
+    lines = fc.render_ddpm_short(results).splitlines()[2:]
+    assert lines[0] == '- 1x: not scored yet.'
+    assert lines[1] == ('- 4x (512,000 images each): RGM-KLD-D, 4 NFE, 2.00 / 0.100 / 0.600 / 0.300 / 5.0%; the DDPM by '
+                        'DDIM 25 (6.25x the NFE) 8.00 / 0.100 / 0.600 / 0.300 / 5.0%; at n = 10, its ancestral sampler '
+                        "(250x the NFE) 3.00 / 0.100 / 0.600 / 0.300 / 5.0% against RGM-KLD-D's 6.50 / 0.100 / 0.600 / "
+                        '0.300 / 5.0%.')
+    results['equal_n'] = None                          # no peers at the ancestral n: no ancestral comparison
+    assert fc.render_ddpm_short(results).splitlines()[3].endswith('8.00 / 0.100 / 0.600 / 0.300 / 5.0%.')

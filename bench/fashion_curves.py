@@ -115,16 +115,17 @@ def samplings(row, step, n, ancestral_n):
     return [(n, s, s) for s in DDPM_STEPS] + ([(ancestral_n, 1000, 1000)] if ancestral_n else [])
 
 
-def eval_dir(root, row, step, n, steps):
+def eval_dir(root, row, step, n, steps, clip=True):
+    """A sampling's folder; a DDPM sampled without clamping x0 (clip=False) has its own."""
     tail = '' if steps is None else ('_ancestral' if steps == 1000 else f'_ddim{steps}')
-    return root / row / f'eval_step{step:05d}_n{n}_seed0{tail}'
+    return root / row / f"eval_step{step:05d}_n{n}_seed0{tail}{'' if clip else '_noclip'}"
 
 
-def scored(root, row, step, n, steps):
+def scored(root, row, step, n, steps, clip=True):
     """The snapshot's metrics.json if it was scored from this very checkpoint (scores_of), else None. The
     shipped file is found in the code copy the runner runs from, so a score of it made from another copy
     counts while that copy's file holds the same bytes."""
-    path, ckpt = eval_dir(root, row, step, n, steps) / 'metrics.json', snapshots(root, row).get(step)
+    path, ckpt = eval_dir(root, row, step, n, steps, clip) / 'metrics.json', snapshots(root, row).get(step)
     r = scores_of(path, ckpt)
     if r is None and row == SHIPPED and ckpt is not None and path.is_file():
         r = json.loads(path.read_text())
@@ -170,14 +171,22 @@ def train(root, rows, data_dir, jobs):
     train_side_by_side(root, [row for row in rows if steps_done(root, row) < ROWS[row][3]], data_dir, jobs, one)
 
 
-def score(root, points, data_dir, classifier, threads):
-    """sample.py on each (row, step, n, steps, NFE) point: samples.npz and metrics.json in its eval_dir."""
+def score(root, points, data_dir, classifier, threads, clip=True):
+    """sample.py on each (row, step, n, steps, NFE) point: samples.npz and metrics.json in its eval_dir
+    (clip=False: a DDPM's x0 not clamped, in a folder of its own)."""
     for row, step, n, steps, _ in points:
-        out = eval_dir(root, row, step, n, steps)
+        out = eval_dir(root, row, step, n, steps, clip)
         run([sys.executable, 'sample.py', '--ckpt', str(snapshots(root, row)[step]), '--n', str(n), '--batch-size',
              '500', '--seed', '0', '--data-dir', data_dir, '--classifier', classifier, '--format', 'npz',
-             *(['--steps', str(steps)] if steps else []), '--threads', str(threads), '--out', str(out), '--overwrite'],
+             *(['--steps', str(steps)] if steps else []), *([] if clip else ['--no-clip-x0']),
+             '--threads', str(threads), '--out', str(out), '--overwrite'],
             root / f'{row}.sample.log')
+
+
+def unclamped_todo(root, ancestral_n):
+    """The DDPM's ancestral points not yet scored without clamping x0 (--unclamped)."""
+    return [(DDPM, step, ancestral_n, 1000, 1000) for step in snapshots(root, DDPM)
+            if step in DDPM_RUNGS and scored(root, DDPM, step, ancestral_n, 1000, clip=False) is None]
 
 
 def sampler_name(steps):
@@ -185,11 +194,12 @@ def sampler_name(steps):
     return None if steps is None else 'ancestral' if steps == 1000 else f'DDIM {steps}'
 
 
-def as_point(row, label, step, n, steps, nfe, r):
+def as_point(row, label, step, n, steps, nfe, r, clip=True):
     """One point of curves.json from a sampling's metrics.json r (scores of n samples): row, label, step,
     images seen, sampler, NFE, the scores and the sampling's time per image."""
     shares = r['class_shares']
-    return dict(row=row, label=label, step=step, images=32 * step, n=n, nfe=nfe, sampler=sampler_name(steps),
+    sampler = sampler_name(steps) if clip else UNCLAMPED if steps == 1000 else f'{sampler_name(steps)}, x0 not clamped'
+    return dict(row=row, label=label, step=step, images=32 * step, n=n, nfe=nfe, sampler=sampler,
                 fd=r['fd'], kid_mean=r['kid_mean'], precision=r['precision'], recall=r['recall'],
                 min_share=min(shares.values()), rarest=min(shares, key=shares.get),
                 ms_per_image=1e3 * r['sampling_seconds'] / r['n'], threads=r.get('threads'),
@@ -211,8 +221,11 @@ def collect(root, n, ancestral_n):
 # The ancestral points are scored on fewer samples (--ancestral-n) than the others, and FD, KID and
 # precision / recall all move with the number of samples (FD upwards as n falls). So each ancestral point is
 # also set beside the first ancestral_n samples of these samplers at the same budget (the same draws as their
-# n-sample points, scored again) and beside as many real images: a comparison at one n.
+# n-sample points, scored again) and beside as many real images: a comparison at one n. With --unclamped the
+# ancestral sampler also runs without clamping x0 (the same draws), since clamping is the authors' convention
+# but need not help every model.
 EQUAL_N_PEERS = (('kld_d', None), *((DDPM, s) for s in DDPM_STEPS))
+UNCLAMPED = 'ancestral, x0 not clamped'     # the sampler of an ancestral point made with --unclamped
 
 
 def first_scores(root, row, step, n, steps, m, scorer):
@@ -250,6 +263,9 @@ def equal_n(root, n, ancestral_n, classifier, data_dir):
             r = first_scores(root, row, step, n, steps, ancestral_n, scorer)
             if r is not None:
                 points.append(as_point(row, ROWS[row][0], step, ancestral_n, steps, nfe, r))
+        r = scored(root, DDPM, step, ancestral_n, 1000, clip=False)
+        if r is not None:
+            points.append(as_point(DDPM, ROWS[DDPM][0], step, ancestral_n, 1000, 1000, r, clip=False))
     return dict(n=ancestral_n, floor=floor_of(classifier, data_dir, ancestral_n), points=points)
 
 
@@ -481,9 +497,11 @@ def render_ddpm_short(results):
                 f"DDIM {DDPM_STEPS[-1]} ({ddim['nfe'] / rgm['nfe']:.3g}x the NFE) {scores(ddim)}")
         ancestral = find(points, DDPM, step, 'ancestral')
         first = next((p for p in same.get('points', []) if p['step'] == step and p['row'] == 'kld_d'), None)
+        unclamped = next((p for p in same.get('points', []) if p['step'] == step and p['sampler'] == UNCLAMPED), None)
         if ancestral and first:
             line += (f"; at n = {ancestral['n']:,}, its ancestral sampler ({ancestral['nfe'] / rgm['nfe']:.3g}x the NFE) "
-                     f"{scores(ancestral)} against RGM-KLD-D's {scores(first)}")
+                     f"{scores(ancestral)}" + (f" ({scores(unclamped)} with x0 not clamped)" if unclamped else '')
+                     + f" against RGM-KLD-D's {scores(first)}")
         lines.append(line + '.')
     return '\n'.join(lines) + '\n'
 
@@ -505,18 +523,19 @@ def render_equal_n(results):
                      + ' | '.join(cells(dict(same['floor'], min_share=0.0))[:4]) + ' | |')
     readings = []
     for step in DDPM_RUNGS:
-        ancestral = find(points, DDPM, step, 'ancestral')
-        rows = [p for p in peers if p['step'] == step] + ([ancestral] if ancestral else [])
+        here = [p for p in peers if p['step'] == step]
+        ancestral = [find(points, DDPM, step, 'ancestral')] + [p for p in here if p['sampler'] == UNCLAMPED]
+        rows = [p for p in here if p['sampler'] != UNCLAMPED] + [p for p in ancestral if p]
         for p in rows:
             label = 'RGM-KLD-D, its chain' if p['row'] == 'kld_d' else f"DDPM, {p['sampler']}"
             lines.append(f"| {budget(step)} ({32 * step:,}) | {label} | {p['nfe']} | " + ' | '.join(cells(p)) + ' |')
         rgm = next((p for p in rows if p['row'] == 'kld_d'), None)
-        if rgm and ancestral:
-            lead = {name: sign * (ancestral[key] - rgm[key]) for key, name, sign in CLAIM_METRICS}
+        for a in (a for a in ancestral if a and rgm):
+            lead = {name: sign * (a[key] - rgm[key]) for key, name, sign in CLAIM_METRICS}
             said = [f"{verdict} on {', '.join(names)}" for verdict, names in
                     (('better', [k for k, d in lead.items() if d > 0]), ('worse', [k for k, d in lead.items() if d < 0]),
                      ('equal', [k for k, d in lead.items() if d == 0])) if names]
-            readings.append(f"- {budget(step)}: the ancestral sampler ({ancestral['nfe']} NFE) against RGM-KLD-D "
+            readings.append(f"- {budget(step)}: the DDPM's {a['sampler']} ({a['nfe']} NFE) against RGM-KLD-D "
                             f"({rgm['nfe']} NFE), both at n = {m:,}: {'; '.join(said)} (one draw each).")
     return '\n'.join([*lines, '', *readings]) + '\n'
 
@@ -675,6 +694,8 @@ def main(args):
         train(root, rows, args.data_dir, args.jobs)
     score(root, [p for p in todo(root, args.n, args.ancestral_n) if p[0] in (*rows, SHIPPED)], args.data_dir,
           args.classifier, args.threads)             # the shipped run, the claims' yardstick, whatever --rows
+    if args.unclamped and args.ancestral_n and DDPM in rows:
+        score(root, unclamped_todo(root, args.ancestral_n), args.data_dir, args.classifier, args.threads, clip=False)
     command = cli.provenance('bench/fashion_curves.py')['command']
     write(root, collect(root, args.n, args.ancestral_n), args.n, args.ancestral_n, command,
           floor_of(args.classifier, args.data_dir, args.n), training_record(root),
@@ -704,6 +725,8 @@ def build_parser():
     p.add_argument('--ship', action='store_true', help='also export the 16,000-step RGM-KLD-D (if it beats the shipped '
                    '4,000-step one on KID and recall) and DDPM into checkpoints/ as fashion_kld_d_4x.pt and '
                    'fashion_ddpm_4x.pt')
+    p.add_argument('--unclamped', action='store_true', help="also sample the DDPM's ancestral points without "
+                   'clamping the predicted x0 (the same draws; compared at their n with the others)')
     p.add_argument('--dry-run', action='store_true', help='print what is left and how long it would take')
     return p
 

@@ -254,7 +254,7 @@ def test_the_equal_budget_table_gives_ratios_to_rgm_and_where_ddim_reaches_it():
     assert "- 4x: no DDIM up to 25 steps reaches RGM-KLD-D's FD (2.00; best 5.00)." in fc.render_ddpm(results)
 
 
-def fake_point(root, row, step, n, steps, images):
+def fake_point(root, row, step, n, steps, images, clip=True):
     """A snapshot scored by hand: its checkpoint, a metrics.json that names it, and the samples."""
     import numpy as np
     snap = root / row / 'checkpoints' / f'ckpt_{step:08d}.pt'
@@ -262,7 +262,7 @@ def fake_point(root, row, step, n, steps, images):
         snap.parent.mkdir(parents=True, exist_ok=True)
         snap.write_bytes(b'x')
         os.utime(snap, (1, 1))
-    out = fc.eval_dir(root, row, step, n, steps)
+    out = fc.eval_dir(root, row, step, n, steps, clip)
     out.mkdir(parents=True)
     np.savez(out / 'samples.npz', images.permute(0, 2, 3, 1).numpy())
     (out / 'metrics.json').write_text(json.dumps(dict(ckpt=str(snap), n=n, sampling_seconds=0.1 * n, threads=1,
@@ -285,10 +285,13 @@ def test_the_ancestral_points_are_compared_at_their_own_n_on_the_first_samples_o
     fake_point(root, fc.DDPM, 16000, 40, 10, sets['ddim'])
     assert fc.equal_n(root, 40, 20, fc.metrics.DEFAULT_CLASSIFIER, str(tmp_path / 'no-data')) is None  # no ancestral
     fake_point(root, fc.DDPM, 16000, 20, 1000, sets['ddim'][:20])
+    assert fc.unclamped_todo(root, 20) == [(fc.DDPM, 16000, 20, 1000, 1000)]     # --unclamped: its own sampling
+    fake_point(root, fc.DDPM, 16000, 20, 1000, sets['ddim'][20:], clip=False)
+    assert fc.unclamped_todo(root, 20) == []
     same = fc.equal_n(root, 40, 20, fc.metrics.DEFAULT_CLASSIFIER, str(tmp_path / 'no-data'))
     assert same['n'] == 20 and same['floor']['fd'] == 0.5
-    assert [(p['row'], p['sampler'], p['nfe'], p['n']) for p in same['points']] == [('kld_d', None, 4, 20),
-                                                                                  (fc.DDPM, 'DDIM 10', 10, 20)]
+    assert [(p['row'], p['sampler'], p['nfe'], p['n']) for p in same['points']] == [
+        ('kld_d', None, 4, 20), (fc.DDPM, 'DDIM 10', 10, 20), (fc.DDPM, fc.UNCLAMPED, 1000, 20)]
     net, _ = fc.metrics.load_classifier(fc.metrics.DEFAULT_CLASSIFIER)
     ref = fc.metrics.stored_reference(fc.metrics.DEFAULT_CLASSIFIER)
     first = fc.metrics.scores_against(net, sets['rgm'][:20], ref)
@@ -310,7 +313,12 @@ def test_the_ancestral_points_are_compared_at_their_own_n_on_the_first_samples_o
     assert '| | 20 real training images (the floor at this n) | | 0.50 | 0.000 | 0.900 | 0.900 | |' in text
     assert f"| 4x (512,000) | RGM-KLD-D, its chain | 4 | {rgm['fd']:.2f} |" in text
     assert '| 4x (512,000) | DDPM, ancestral | 1000 |' in text
-    assert '- 4x: the ancestral sampler (1000 NFE) against RGM-KLD-D (4 NFE), both at n = 20: ' in text
+    assert '- 4x: the DDPM\'s ancestral (1000 NFE) against RGM-KLD-D (4 NFE), both at n = 20: ' in text
+    assert ('| 4x (512,000) | DDPM, ancestral, x0 not clamped | 1000 | 99.00 |' in text
+            and "- 4x: the DDPM's ancestral, x0 not clamped (1000 NFE) against" in text)
+    rows = [line for line in text[text.index("At the ancestral points'"):].splitlines() if line.startswith('| 4x')]
+    assert [row.split(' | ')[1] for row in rows] == ['RGM-KLD-D, its chain', 'DDPM, DDIM 10', 'DDPM, ancestral',
+                                                      'DDPM, ancestral, x0 not clamped']
     assert fc.render_equal_n(dict(n=40, points=points, equal_n=None)) == ''
 
 
@@ -319,6 +327,10 @@ def test_the_readme_view_of_the_equal_budget_comparison_sets_each_sampler_beside
         return dict(point(row, step, fd, 0.1, 0.6, 0.3, sampler=sampler), nfe=nfe, n=n)
     points = [at('kld_d', 16000, 2.0, 4), at(fc.DDPM, 16000, 8.0, 25, 'DDIM 25'), at(fc.DDPM, 16000, 3.0, 1000, 'ancestral', 10)]
     results = dict(n=100, points=points, equal_n=dict(n=10, points=[at('kld_d', 16000, 6.5, 4, n=10)]))
+    with_unclamped = dict(results, equal_n=dict(n=10, points=[at('kld_d', 16000, 6.5, 4, n=10),
+                                                               at(fc.DDPM, 16000, 4.5, 1000, fc.UNCLAMPED, 10)]))
+    assert ("(250x the NFE) 3.00 / 0.100 / 0.600 / 0.300 / 5.0% (4.50 / 0.100 / 0.600 / 0.300 / 5.0% with x0 not "
+            "clamped) against RGM-KLD-D's 6.50" in fc.render_ddpm_short(with_unclamped))
     lines = fc.render_ddpm_short(results).splitlines()[2:]
     assert lines[0] == '- 1x: not scored yet.'
     assert lines[1] == ('- 4x (512,000 images each): RGM-KLD-D, 4 NFE, 2.00 / 0.100 / 0.600 / 0.300 / 5.0%; the DDPM by '
@@ -327,3 +339,17 @@ def test_the_readme_view_of_the_equal_budget_comparison_sets_each_sampler_beside
                         '0.300 / 5.0%.')
     results['equal_n'] = None                          # no peers at the ancestral n: no ancestral comparison
     assert fc.render_ddpm_short(results).splitlines()[3].endswith('8.00 / 0.100 / 0.600 / 0.300 / 5.0%.')
+
+
+def test_an_unclamped_sampling_asks_sample_py_for_it_and_writes_to_its_own_folder(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(fc, 'run', lambda cmd, log: calls.append(cmd))
+    ckpt(tmp_path, fc.DDPM, 4000)
+    for clip in (True, False):
+        fc.score(tmp_path, [(fc.DDPM, 4000, 20, 1000, 1000)], 'data', 'c.pt', 1, clip=clip)
+    (clamped, unclamped) = calls
+    assert '--no-clip-x0' not in clamped and '--no-clip-x0' in unclamped
+    out = lambda cmd: cmd[cmd.index('--out') + 1]  # noqa: E731
+    assert out(clamped).endswith('eval_step04000_n20_seed0_ancestral')
+    assert out(unclamped).endswith('eval_step04000_n20_seed0_ancestral_noclip')
+    assert unclamped[unclamped.index('--steps') + 1] == '1000'

@@ -183,23 +183,24 @@ def score(root, points, data_dir, classifier, threads, clip=True):
             root / f'{row}.sample.log')
 
 
-def unclamped_todo(root, ancestral_n):
-    """The DDPM's ancestral points not yet scored without clamping x0 (--unclamped)."""
-    return [(DDPM, step, ancestral_n, 1000, 1000) for step in snapshots(root, DDPM)
-            if step in DDPM_RUNGS and scored(root, DDPM, step, ancestral_n, 1000, clip=False) is None]
+def unclamped_todo(root, n, ancestral_n):
+    """(row, step, n, steps, NFE) of the DDPM's samplings not yet scored without clamping x0 (--unclamped)."""
+    return [(DDPM, step, m, s, nfe) for step in snapshots(root, DDPM) for m, s, nfe in samplings(DDPM, step, n, ancestral_n)
+            if scored(root, DDPM, step, m, s, clip=False) is None]
 
 
-def sampler_name(steps):
-    """None (the RGM / MMSE chain), 'DDIM <steps>' or 'ancestral' (1000 levels)."""
-    return None if steps is None else 'ancestral' if steps == 1000 else f'DDIM {steps}'
+def sampler_name(steps, clip=True):
+    """None (the RGM / MMSE chain), 'DDIM <steps>' or 'ancestral' (1000 levels), and ', x0 not clamped'
+    after a DDPM's sampler that did not clamp its predicted x0."""
+    name = None if steps is None else 'ancestral' if steps == 1000 else f'DDIM {steps}'
+    return name if clip else f'{name}{UNCLAMPED}'
 
 
 def as_point(row, label, step, n, steps, nfe, r, clip=True):
     """One point of curves.json from a sampling's metrics.json r (scores of n samples): row, label, step,
     images seen, sampler, NFE, the scores and the sampling's time per image."""
     shares = r['class_shares']
-    sampler = sampler_name(steps) if clip else UNCLAMPED if steps == 1000 else f'{sampler_name(steps)}, x0 not clamped'
-    return dict(row=row, label=label, step=step, images=32 * step, n=n, nfe=nfe, sampler=sampler,
+    return dict(row=row, label=label, step=step, images=32 * step, n=n, nfe=nfe, sampler=sampler_name(steps, clip),
                 fd=r['fd'], kid_mean=r['kid_mean'], precision=r['precision'], recall=r['recall'],
                 min_share=min(shares.values()), rarest=min(shares, key=shares.get),
                 ms_per_image=1e3 * r['sampling_seconds'] / r['n'], threads=r.get('threads'),
@@ -207,33 +208,36 @@ def as_point(row, label, step, n, steps, nfe, r, clip=True):
 
 
 def collect(root, n, ancestral_n):
-    """Every scored point: dicts of row, label, step, images seen, sampler, NFE and the scores."""
+    """Every scored point: dicts of row, label, step, images seen, sampler, NFE and the scores (the DDPM's
+    samplings without clamping x0 too, where --unclamped made them)."""
     points = []
     for row, label in [*((row, r[0]) for row, r in ROWS.items()), (SHIPPED, SHIPPED_LABEL)]:
         for step in snapshots(root, row):
             for m, steps, nfe in samplings(row, step, n, ancestral_n):
-                r = scored(root, row, step, m, steps)
-                if r is not None:
-                    points.append(as_point(row, label, step, m, steps, nfe, r))
+                for clip in (True, False) if row == DDPM else (True,):
+                    r = scored(root, row, step, m, steps, clip)
+                    if r is not None:
+                        points.append(as_point(row, label, step, m, steps, nfe, r, clip))
     return points
 
 
 # The ancestral points are scored on fewer samples (--ancestral-n) than the others, and FD, KID and
 # precision / recall all move with the number of samples (FD upwards as n falls). So each ancestral point is
 # also set beside the first ancestral_n samples of these samplers at the same budget (the same draws as their
-# n-sample points, scored again) and beside as many real images: a comparison at one n. With --unclamped the
-# ancestral sampler also runs without clamping x0 (the same draws), since clamping is the authors' convention
-# but need not help every model.
-EQUAL_N_PEERS = (('kld_d', None), *((DDPM, s) for s in DDPM_STEPS))
-UNCLAMPED = 'ancestral, x0 not clamped'     # the sampler of an ancestral point made with --unclamped
+# n-sample points, scored again) and beside as many real images: a comparison at one n.
+EQUAL_N_PEERS = (('kld_d', None, True), *((DDPM, s, clip) for s in DDPM_STEPS for clip in (True, False)))
+# Clamping the DDPM's predicted x0 to [-1, 1] at each step is its authors' convention and sample.py's
+# default; --unclamped also samples every DDPM point without it (the same draws), since it need not help
+# every model. Such a point's sampler ends in UNCLAMPED.
+UNCLAMPED = ', x0 not clamped'
 
 
-def first_scores(root, row, step, n, steps, m, scorer):
+def first_scores(root, row, step, n, steps, m, scorer, clip=True):
     """The metrics of the first m of a point's n samples (its samples.npz), as sample.py writes them (the
     point's sampling time included), cached as first<m>.json beside the samples and used while it is newer
     than they are; None when the point is not scored from its checkpoint as it is now, or has no samples."""
-    folder = eval_dir(root, row, step, n, steps)
-    r, samples, cache = scored(root, row, step, n, steps), folder / 'samples.npz', folder / f'first{m}.json'
+    folder = eval_dir(root, row, step, n, steps, clip)
+    r, samples, cache = scored(root, row, step, n, steps, clip), folder / 'samples.npz', folder / f'first{m}.json'
     if r is None or not samples.is_file():
         return None
     if cache.is_file() and cache.stat().st_mtime >= samples.stat().st_mtime:
@@ -254,18 +258,17 @@ def equal_n(root, n, ancestral_n, classifier, data_dir):
     for step in DDPM_RUNGS:
         if scored(root, DDPM, step, ancestral_n, 1000) is None:
             continue
-        for row, steps in EQUAL_N_PEERS:
+        for row, steps, clip in EQUAL_N_PEERS:
+            if scored(root, row, step, n, steps, clip) is None:
+                continue
             if scorer is None:        # the classifier and the test set's reference, loaded once
                 scorer = metrics.Scores(dict(dataset='fashion_mnist', channels=1), ancestral_n,
                                         classifier=classifier, data_dir=data_dir)
                 scorer.prepare()
             nfe = steps or train_images.parse_args(train_args(row, 'data', 0, False)).K
-            r = first_scores(root, row, step, n, steps, ancestral_n, scorer)
+            r = first_scores(root, row, step, n, steps, ancestral_n, scorer, clip)
             if r is not None:
-                points.append(as_point(row, ROWS[row][0], step, ancestral_n, steps, nfe, r))
-        r = scored(root, DDPM, step, ancestral_n, 1000, clip=False)
-        if r is not None:
-            points.append(as_point(DDPM, ROWS[DDPM][0], step, ancestral_n, 1000, 1000, r, clip=False))
+                points.append(as_point(row, ROWS[row][0], step, ancestral_n, steps, nfe, r, clip))
     return dict(n=ancestral_n, floor=floor_of(classifier, data_dir, ancestral_n), points=points)
 
 
@@ -453,7 +456,7 @@ def render_ddpm(results):
     verdicts, shown = [], []
     for step in (BASE, 4 * BASE):
         rgm = find(points, 'kld_d', step)
-        ddpm = [(s, find(points, DDPM, step, s)) for s in [f'DDIM {k}' for k in DDPM_STEPS] + ['ancestral']]
+        ddpm = [(s, find(points, DDPM, step, s)) for s in ddpm_samplers()]
         ddpm = [(s, p) for s, p in ddpm if p is not None]
         if rgm is None or not ddpm:
             verdicts.append(f'- {budget(step)}: not scored yet.')
@@ -465,18 +468,24 @@ def render_ddpm(results):
             lines.append(f"| {budget(step)} ({32 * step:,}) | {label}{own_n} | {p['nfe']} | "
                          + ' | '.join(cells(p))
                          + f" | {p['ms_per_image']:.1f} | {ratio} |")
-        reach = [(s, p) for s, p in ddpm if p['sampler'] != 'ancestral' and p['fd'] <= rgm['fd']]
+        ddim = [p for s, p in ddpm if s.startswith('DDIM')]
+        reach = sorted((p for p in ddim if p['fd'] <= rgm['fd']), key=lambda p: (p['nfe'], p['fd']))
         verdicts.append(f"- {budget(step)}: " + (
-            f"DDIM reaches RGM-KLD-D's FD ({rgm['fd']:.2f}) first at {reach[0][1]['nfe']} steps (FD {reach[0][1]['fd']:.2f}, "
-            f"{reach[0][1]['nfe'] / rgm['nfe']:.3g}x the NFE)" if reach else
+            f"DDIM reaches RGM-KLD-D's FD ({rgm['fd']:.2f}) first at {reach[0]['nfe']} steps ({reach[0]['sampler']}: FD "
+            f"{reach[0]['fd']:.2f}, {reach[0]['nfe'] / rgm['nfe']:.3g}x the NFE)" if reach else
             f"no DDIM up to {DDPM_STEPS[-1]} steps reaches RGM-KLD-D's FD ({rgm['fd']:.2f}; best "
-            f"{min(p['fd'] for s, p in ddpm if s != 'ancestral'):.2f})") + '.')
+            f"{min(p['fd'] for p in ddim):.2f})" if ddim else 'no DDIM point scored') + '.')
     threads = sorted({p['threads'] for p in shown if p.get('threads')})
     lines += ['', *verdicts, '', f"n = {n:,} per point unless marked (seed 0); the DDPM's predicted x0 clamped to [-1, 1] "
-              "at each step, as its authors sample it. ms / image: each point's own sampling time in the runner (batch "
+              f"at each step, as its authors sample it, unless marked '{UNCLAMPED[2:]}'. ms / image: each point's own sampling time in the runner (batch "
               f"500, CPU threads: {' or '.join(map(str, threads)) or 'the default'}), a time ratio as good as the load "
               "was alike between the two runs."]
     return '\n'.join(lines) + '\n' + render_equal_n(results)
+
+
+def ddpm_samplers():
+    """The DDPM's samplers in table order: each DDIM step count, then ancestral; each clamped, then not."""
+    return [name + tail for name in [f'DDIM {k}' for k in DDPM_STEPS] + ['ancestral'] for tail in ('', UNCLAMPED)]
 
 
 def render_ddpm_short(results):
@@ -487,21 +496,22 @@ def render_ddpm_short(results):
     def scores(p):
         return ' / '.join(cells(p))
     lines = [f"FD / KID / precision / recall / rarest class's share; n = {results['n']:,} samples (seed 0) unless given; "
-             "the DDPM's predicted x0 clamped to [-1, 1].", '']
+             "the DDPM's predicted x0 clamped to [-1, 1] unless said.", '']
     for step in DDPM_RUNGS:
         rgm, ddim = find(points, 'kld_d', step), find(points, DDPM, step, f'DDIM {DDPM_STEPS[-1]}')
         if rgm is None or ddim is None:
             lines.append(f'- {budget(step)}: not scored yet.')
             continue
+        def also(sampler):      # the same sampler without clamping x0, where it was scored
+            p = find(points, DDPM, step, sampler + UNCLAMPED)
+            return f' ({scores(p)} with x0 not clamped)' if p else ''
         line = (f"- {budget(step)} ({32 * step:,} images each): RGM-KLD-D, {rgm['nfe']} NFE, {scores(rgm)}; the DDPM by "
-                f"DDIM {DDPM_STEPS[-1]} ({ddim['nfe'] / rgm['nfe']:.3g}x the NFE) {scores(ddim)}")
+                f"DDIM {DDPM_STEPS[-1]} ({ddim['nfe'] / rgm['nfe']:.3g}x the NFE) {scores(ddim)}{also(ddim['sampler'])}")
         ancestral = find(points, DDPM, step, 'ancestral')
         first = next((p for p in same.get('points', []) if p['step'] == step and p['row'] == 'kld_d'), None)
-        unclamped = next((p for p in same.get('points', []) if p['step'] == step and p['sampler'] == UNCLAMPED), None)
         if ancestral and first:
             line += (f"; at n = {ancestral['n']:,}, its ancestral sampler ({ancestral['nfe'] / rgm['nfe']:.3g}x the NFE) "
-                     f"{scores(ancestral)}" + (f" ({scores(unclamped)} with x0 not clamped)" if unclamped else '')
-                     + f" against RGM-KLD-D's {scores(first)}")
+                     f"{scores(ancestral)}{also('ancestral')} against RGM-KLD-D's {scores(first)}")
         lines.append(line + '.')
     return '\n'.join(lines) + '\n'
 
@@ -524,8 +534,8 @@ def render_equal_n(results):
     readings = []
     for step in DDPM_RUNGS:
         here = [p for p in peers if p['step'] == step]
-        ancestral = [find(points, DDPM, step, 'ancestral')] + [p for p in here if p['sampler'] == UNCLAMPED]
-        rows = [p for p in here if p['sampler'] != UNCLAMPED] + [p for p in ancestral if p]
+        ancestral = [find(points, DDPM, step, 'ancestral' + tail) for tail in ('', UNCLAMPED)]
+        rows = here + [p for p in ancestral if p]
         for p in rows:
             label = 'RGM-KLD-D, its chain' if p['row'] == 'kld_d' else f"DDPM, {p['sampler']}"
             lines.append(f"| {budget(step)} ({32 * step:,}) | {label} | {p['nfe']} | " + ' | '.join(cells(p)) + ' |')
@@ -610,15 +620,16 @@ def figure(path, points, n, floor=None):
     import matplotlib.ticker  # noqa: F401   (matplotlib.ticker.NullFormatter)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     order = [*ROWS, SHIPPED]
-    steps_of = lambda sampler: 0 if sampler is None else 10**6 if sampler == 'ancestral' else int(sampler.split()[1])  # noqa: E731
+    samplers = [None, *ddpm_samplers()]
     curves = sorted({(p['row'], p['sampler']) for p in points if p['n'] == n},
-                    key=lambda c: (order.index(c[0]), steps_of(c[1])))
+                    key=lambda c: (order.index(c[0]), samplers.index(c[1])))
     for ax, (key, name, sign) in zip(axes.flat, METRICS):
         for row, sampler in curves:
             line = sorted((p for p in points if (p['row'], p['sampler']) == (row, sampler) and p['n'] == n),
                           key=lambda p: p['step'])
             label = line[0]['label'] + (f', {sampler}' if sampler else '')
-            style = 's--' if sampler else 'o-' if row in ROWS and ROWS[row][3] > BASE else 'D'
+            style = ('x:' if sampler.endswith(UNCLAMPED) else 's--') if sampler else \
+                'o-' if row in ROWS and ROWS[row][3] > BASE else 'D'
             ax.plot([p['images'] for p in line], [p[key] for p in line], style, ms=5, label=label)
         if floor:
             ax.axhline(floor[key], color='gray', ls='--', lw=1, label=f'real images (the floor at n = {n})')
@@ -694,8 +705,9 @@ def main(args):
         train(root, rows, args.data_dir, args.jobs)
     score(root, [p for p in todo(root, args.n, args.ancestral_n) if p[0] in (*rows, SHIPPED)], args.data_dir,
           args.classifier, args.threads)             # the shipped run, the claims' yardstick, whatever --rows
-    if args.unclamped and args.ancestral_n and DDPM in rows:
-        score(root, unclamped_todo(root, args.ancestral_n), args.data_dir, args.classifier, args.threads, clip=False)
+    if args.unclamped and DDPM in rows:
+        score(root, unclamped_todo(root, args.n, args.ancestral_n), args.data_dir, args.classifier, args.threads,
+              clip=False)
     command = cli.provenance('bench/fashion_curves.py')['command']
     write(root, collect(root, args.n, args.ancestral_n), args.n, args.ancestral_n, command,
           floor_of(args.classifier, args.data_dir, args.n), training_record(root),
@@ -725,8 +737,8 @@ def build_parser():
     p.add_argument('--ship', action='store_true', help='also export the 16,000-step RGM-KLD-D (if it beats the shipped '
                    '4,000-step one on KID and recall) and DDPM into checkpoints/ as fashion_kld_d_4x.pt and '
                    'fashion_ddpm_4x.pt')
-    p.add_argument('--unclamped', action='store_true', help="also sample the DDPM's ancestral points without "
-                   'clamping the predicted x0 (the same draws; compared at their n with the others)')
+    p.add_argument('--unclamped', action='store_true', help="also sample each of the DDPM's points without "
+                   'clamping its predicted x0 to [-1, 1] (the same draws)')
     p.add_argument('--dry-run', action='store_true', help='print what is left and how long it would take')
     return p
 

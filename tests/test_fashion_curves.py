@@ -248,10 +248,15 @@ def test_the_equal_budget_table_gives_ratios_to_rgm_and_where_ddim_reaches_it():
     text = fc.render_ddpm(results)
     assert '| 4x (512,000) | DDPM, DDIM 10 | 10 | 1.90 | 0.100 | 0.600 | 0.300 | 5.0% | 25.0 | 2.5x, 2.5x |' in text
     assert '| 4x (512,000) | DDPM, ancestral (n = 50) | 1000 | 1.00 |' in text and '| 250x, 240x |' in text
-    assert "- 4x: DDIM reaches RGM-KLD-D's FD (2.00) first at 10 steps (FD 1.90, 2.5x the NFE)." in text
+    assert "- 4x: DDIM reaches RGM-KLD-D's FD (2.00) first at 10 steps (DDIM 10: FD 1.90, 2.5x the NFE)." in text
     assert '- 1x: not scored yet.' in text
     results['points'] = [p for p in results['points'] if p['sampler'] in (None, 'DDIM 4', 'ancestral')]
     assert "- 4x: no DDIM up to 25 steps reaches RGM-KLD-D's FD (2.00; best 5.00)." in fc.render_ddpm(results)
+    # a DDIM point without clamping x0 is a row of its own, and counts for reaching RGM's FD
+    results['points'].append(at(fc.DDPM, 1.95, 4, 10.0, 'DDIM 4' + fc.UNCLAMPED))
+    text = fc.render_ddpm(results)
+    assert '| 4x (512,000) | DDPM, DDIM 4, x0 not clamped | 4 | 1.95 |' in text
+    assert "- 4x: DDIM reaches RGM-KLD-D's FD (2.00) first at 4 steps (DDIM 4, x0 not clamped: FD 1.95, 1x the NFE)." in text
 
 
 def fake_point(root, row, step, n, steps, images, clip=True):
@@ -285,13 +290,15 @@ def test_the_ancestral_points_are_compared_at_their_own_n_on_the_first_samples_o
     fake_point(root, fc.DDPM, 16000, 40, 10, sets['ddim'])
     assert fc.equal_n(root, 40, 20, fc.metrics.DEFAULT_CLASSIFIER, str(tmp_path / 'no-data')) is None  # no ancestral
     fake_point(root, fc.DDPM, 16000, 20, 1000, sets['ddim'][:20])
-    assert fc.unclamped_todo(root, 20) == [(fc.DDPM, 16000, 20, 1000, 1000)]     # --unclamped: its own sampling
+    # --unclamped: every DDPM sampling again without clamping x0, in folders of their own
+    assert fc.unclamped_todo(root, 40, 20) == [(fc.DDPM, 16000, 40, s, s) for s in fc.DDPM_STEPS] + [
+        (fc.DDPM, 16000, 20, 1000, 1000)]
     fake_point(root, fc.DDPM, 16000, 20, 1000, sets['ddim'][20:], clip=False)
-    assert fc.unclamped_todo(root, 20) == []
+    assert (fc.DDPM, 16000, 20, 1000, 1000) not in fc.unclamped_todo(root, 40, 20)
     same = fc.equal_n(root, 40, 20, fc.metrics.DEFAULT_CLASSIFIER, str(tmp_path / 'no-data'))
     assert same['n'] == 20 and same['floor']['fd'] == 0.5
-    assert [(p['row'], p['sampler'], p['nfe'], p['n']) for p in same['points']] == [
-        ('kld_d', None, 4, 20), (fc.DDPM, 'DDIM 10', 10, 20), (fc.DDPM, fc.UNCLAMPED, 1000, 20)]
+    assert [(p['row'], p['sampler'], p['nfe'], p['n']) for p in same['points']] == [('kld_d', None, 4, 20),
+                                                                                  (fc.DDPM, 'DDIM 10', 10, 20)]
     net, _ = fc.metrics.load_classifier(fc.metrics.DEFAULT_CLASSIFIER)
     ref = fc.metrics.stored_reference(fc.metrics.DEFAULT_CLASSIFIER)
     first = fc.metrics.scores_against(net, sets['rgm'][:20], ref)
@@ -327,8 +334,7 @@ def test_the_readme_view_of_the_equal_budget_comparison_sets_each_sampler_beside
         return dict(point(row, step, fd, 0.1, 0.6, 0.3, sampler=sampler), nfe=nfe, n=n)
     points = [at('kld_d', 16000, 2.0, 4), at(fc.DDPM, 16000, 8.0, 25, 'DDIM 25'), at(fc.DDPM, 16000, 3.0, 1000, 'ancestral', 10)]
     results = dict(n=100, points=points, equal_n=dict(n=10, points=[at('kld_d', 16000, 6.5, 4, n=10)]))
-    with_unclamped = dict(results, equal_n=dict(n=10, points=[at('kld_d', 16000, 6.5, 4, n=10),
-                                                               at(fc.DDPM, 16000, 4.5, 1000, fc.UNCLAMPED, 10)]))
+    with_unclamped = dict(results, points=points + [at(fc.DDPM, 16000, 4.5, 1000, 'ancestral' + fc.UNCLAMPED, 10)])
     assert ("(250x the NFE) 3.00 / 0.100 / 0.600 / 0.300 / 5.0% (4.50 / 0.100 / 0.600 / 0.300 / 5.0% with x0 not "
             "clamped) against RGM-KLD-D's 6.50" in fc.render_ddpm_short(with_unclamped))
     lines = fc.render_ddpm_short(results).splitlines()[2:]

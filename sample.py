@@ -218,7 +218,8 @@ def main(args):
     if master:
         cli.prepare_out(str(out), OUTPUTS, args.overwrite, 'sample.py run')
         out.mkdir(parents=True, exist_ok=True)
-        print(f"sampling {args.n} images with {label_of(meta)} (NFE {summary['nfe']}) "
+        how = '' if meta.get('prior') != 'ddpm' else f', DDIM over {args.steps} levels' if args.steps else ', ancestral'
+        print(f"sampling {args.n} images with {label_of(meta)}{how} (NFE {summary['nfe']}) "
               f'on {world_size} process(es), {device}')
     tic = time.perf_counter()
     images = generate(G, schedule, meta, args.n, args.batch_size, args.seed, args.noise_scale, rank, world_size,

@@ -54,7 +54,11 @@ DDPM = 'ddpm_4x'
 # distance from the kld_d row's 4,000-step snapshot is the spread between two training runs (one sample of
 # it), the yardstick of the claims.
 SHIPPED, SHIPPED_LABEL = 'kld_d_shipped', 'RGM-KLD-D, K = 4, the shipped run (a second training)'
-DDPM_STEPS = (4, 10, 25)        # DDIM steps of the DDPM snapshots, at n; 1000 = ancestral, at --ancestral-n
+DDPM_STEPS = (4, 10, 25)        # DDIM steps of the DDPM snapshots, at n
+# the DDPM's ancestral sampler (all 1000 levels, at --ancestral-n) where a sampling names its DDIM steps:
+# sample.py samples ancestrally when given no --steps (--steps 1000 would be DDIM over all 1000 levels)
+ANCESTRAL = 'ancestral'
+ANCESTRAL_NFE = 1000
 DDPM_RUNGS = (4000, 16000)      # the DDPM at the RGM rows' base budget and at 4x
 # (claim, better row, worse row): each compared at every budget both rows have
 CLAIMS = (('K = 4 steps beat K = 1 (Table 3)', 'kld_d', 'kld_d_k1'),
@@ -104,7 +108,7 @@ def seconds_per_step(root, row):
 
 def samplings(row, step, n, ancestral_n):
     """(n, DDIM steps or None, NFE) of every sampling of one snapshot: the RGM chain itself, or the DDPM's
-    samplers (ancestral = 1000 levels, at ancestral_n images) at DDPM_RUNGS."""
+    samplers (ANCESTRAL: all 1000 levels, at ancestral_n images) at DDPM_RUNGS."""
     if row == SHIPPED:
         return [(n, None, 4)]
     if row != DDPM:
@@ -112,12 +116,12 @@ def samplings(row, step, n, ancestral_n):
         return [(n, None, K)]
     if step not in DDPM_RUNGS:
         return []
-    return [(n, s, s) for s in DDPM_STEPS] + ([(ancestral_n, 1000, 1000)] if ancestral_n else [])
+    return [(n, s, s) for s in DDPM_STEPS] + ([(ancestral_n, ANCESTRAL, ANCESTRAL_NFE)] if ancestral_n else [])
 
 
 def eval_dir(root, row, step, n, steps, clip=True):
     """A sampling's folder; a DDPM sampled without clamping x0 (clip=False) has its own."""
-    tail = '' if steps is None else ('_ancestral' if steps == 1000 else f'_ddim{steps}')
+    tail = '' if steps is None else ('_ancestral' if steps == ANCESTRAL else f'_ddim{steps}')
     return root / row / f"eval_step{step:05d}_n{n}_seed0{tail}{'' if clip else '_noclip'}"
 
 
@@ -178,7 +182,7 @@ def score(root, points, data_dir, classifier, threads, clip=True):
         out = eval_dir(root, row, step, n, steps, clip)
         run([sys.executable, 'sample.py', '--ckpt', str(snapshots(root, row)[step]), '--n', str(n), '--batch-size',
              '500', '--seed', '0', '--data-dir', data_dir, '--classifier', classifier, '--format', 'npz',
-             *(['--steps', str(steps)] if steps else []), *([] if clip else ['--no-clip-x0']),
+             *(['--steps', str(steps)] if steps not in (None, ANCESTRAL) else []), *([] if clip else ['--no-clip-x0']),
              '--threads', str(threads), '--out', str(out), '--overwrite'],
             root / f'{row}.sample.log')
 
@@ -190,9 +194,9 @@ def unclamped_todo(root, n, ancestral_n):
 
 
 def sampler_name(steps, clip=True):
-    """None (the RGM / MMSE chain), 'DDIM <steps>' or 'ancestral' (1000 levels), and ', x0 not clamped'
+    """None (the RGM / MMSE chain), 'DDIM <steps>' or 'ancestral' (ANCESTRAL), and ', x0 not clamped'
     after a DDPM's sampler that did not clamp its predicted x0."""
-    name = None if steps is None else 'ancestral' if steps == 1000 else f'DDIM {steps}'
+    name = None if steps is None else 'ancestral' if steps == ANCESTRAL else f'DDIM {steps}'
     return name if clip else f'{name}{UNCLAMPED}'
 
 
@@ -251,12 +255,12 @@ def equal_n(root, n, ancestral_n, classifier, data_dir):
     """{'n': ancestral_n, 'floor': what ancestral_n real images score, 'points': the first ancestral_n samples
     of each EQUAL_N_PEERS sampler at every budget where the DDPM has an ancestral point} (curves.json's
     'equal_n'), or None when there is no ancestral point at a smaller n than the rest."""
-    if not 0 < ancestral_n < n or not any(scored(root, DDPM, s, ancestral_n, 1000) for s in DDPM_RUNGS):
+    if not 0 < ancestral_n < n or not any(scored(root, DDPM, s, ancestral_n, ANCESTRAL) for s in DDPM_RUNGS):
         return None
     scorer = None
     points = []
     for step in DDPM_RUNGS:
-        if scored(root, DDPM, step, ancestral_n, 1000) is None:
+        if scored(root, DDPM, step, ancestral_n, ANCESTRAL) is None:
             continue
         for row, steps, clip in EQUAL_N_PEERS:
             if scored(root, row, step, n, steps, clip) is None:

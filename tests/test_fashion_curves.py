@@ -32,9 +32,10 @@ def test_samplings_of_a_snapshot():
     assert fc.samplings('kld_d_k1', 1000, 5000, 500) == [(5000, None, 1)]
     assert fc.samplings('kld_sr', 1000, 5000, 500) == [(5000, None, 7)]
     assert fc.samplings(fc.DDPM, 2000, 5000, 500) == []                # between the DDPM's budgets
-    assert fc.samplings(fc.DDPM, 4000, 5000, 500) == [(5000, s, s) for s in fc.DDPM_STEPS] + [(500, 1000, 1000)]
+    assert fc.samplings(fc.DDPM, 4000, 5000, 500) == [(5000, s, s) for s in fc.DDPM_STEPS] + [(500, fc.ANCESTRAL, 1000)]
     assert fc.samplings(fc.DDPM, 16000, 5000, 0) == [(5000, s, s) for s in fc.DDPM_STEPS]
-    assert fc.eval_dir(Path('r'), fc.DDPM, 4000, 500, 1000).name == 'eval_step04000_n500_seed0_ancestral'
+    assert fc.eval_dir(Path('r'), fc.DDPM, 4000, 500, fc.ANCESTRAL).name == 'eval_step04000_n500_seed0_ancestral'
+    assert fc.eval_dir(Path('r'), fc.DDPM, 4000, 500, 1000).name == 'eval_step04000_n500_seed0_ddim1000'
 
 
 def ckpt(root, row, step):
@@ -289,12 +290,12 @@ def test_the_ancestral_points_are_compared_at_their_own_n_on_the_first_samples_o
     fake_point(root, 'kld_d', 16000, 40, None, sets['rgm'])
     fake_point(root, fc.DDPM, 16000, 40, 10, sets['ddim'])
     assert fc.equal_n(root, 40, 20, fc.metrics.DEFAULT_CLASSIFIER, str(tmp_path / 'no-data')) is None  # no ancestral
-    fake_point(root, fc.DDPM, 16000, 20, 1000, sets['ddim'][:20])
+    fake_point(root, fc.DDPM, 16000, 20, fc.ANCESTRAL, sets['ddim'][:20])
     # --unclamped: every DDPM sampling again without clamping x0, in folders of their own
     assert fc.unclamped_todo(root, 40, 20) == [(fc.DDPM, 16000, 40, s, s) for s in fc.DDPM_STEPS] + [
-        (fc.DDPM, 16000, 20, 1000, 1000)]
-    fake_point(root, fc.DDPM, 16000, 20, 1000, sets['ddim'][20:], clip=False)
-    assert (fc.DDPM, 16000, 20, 1000, 1000) not in fc.unclamped_todo(root, 40, 20)
+        (fc.DDPM, 16000, 20, fc.ANCESTRAL, 1000)]
+    fake_point(root, fc.DDPM, 16000, 20, fc.ANCESTRAL, sets['ddim'][20:], clip=False)
+    assert (fc.DDPM, 16000, 20, fc.ANCESTRAL, 1000) not in fc.unclamped_todo(root, 40, 20)
     same = fc.equal_n(root, 40, 20, fc.metrics.DEFAULT_CLASSIFIER, str(tmp_path / 'no-data'))
     assert same['n'] == 20 and same['floor']['fd'] == 0.5
     assert [(p['row'], p['sampler'], p['nfe'], p['n']) for p in same['points']] == [('kld_d', None, 4, 20),
@@ -352,10 +353,13 @@ def test_an_unclamped_sampling_asks_sample_py_for_it_and_writes_to_its_own_folde
     monkeypatch.setattr(fc, 'run', lambda cmd, log: calls.append(cmd))
     ckpt(tmp_path, fc.DDPM, 4000)
     for clip in (True, False):
-        fc.score(tmp_path, [(fc.DDPM, 4000, 20, 1000, 1000)], 'data', 'c.pt', 1, clip=clip)
-    (clamped, unclamped) = calls
+        fc.score(tmp_path, [(fc.DDPM, 4000, 20, fc.ANCESTRAL, 1000)], 'data', 'c.pt', 1, clip=clip)
+    fc.score(tmp_path, [(fc.DDPM, 4000, 20, 10, 10)], 'data', 'c.pt', 1)
+    (clamped, unclamped, ddim) = calls
     assert '--no-clip-x0' not in clamped and '--no-clip-x0' in unclamped
     out = lambda cmd: cmd[cmd.index('--out') + 1]  # noqa: E731
     assert out(clamped).endswith('eval_step04000_n20_seed0_ancestral')
     assert out(unclamped).endswith('eval_step04000_n20_seed0_ancestral_noclip')
-    assert unclamped[unclamped.index('--steps') + 1] == '1000'
+    # sample.py samples ancestrally without --steps; --steps 1000 would be DDIM over all 1000 levels
+    assert '--steps' not in clamped and '--steps' not in unclamped
+    assert ddim[ddim.index('--steps') + 1] == '10' and out(ddim).endswith('eval_step04000_n20_seed0_ddim10')

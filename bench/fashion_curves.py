@@ -211,6 +211,12 @@ def as_point(row, label, step, n, steps, nfe, r, clip=True):
                 clip_x0=r.get('clip_x0', False))
 
 
+def clips(row):
+    """Whether a row's samplings clamp x0 (True), for each variant it may have been scored in: the DDPM's
+    also without (--unclamped); the RGM and MMSE chains have no x0 to clamp."""
+    return (True, False) if row == DDPM else (True,)
+
+
 def collect(root, n, ancestral_n):
     """Every scored point: dicts of row, label, step, images seen, sampler, NFE and the scores (the DDPM's
     samplings without clamping x0 too, where --unclamped made them)."""
@@ -218,7 +224,7 @@ def collect(root, n, ancestral_n):
     for row, label in [*((row, r[0]) for row, r in ROWS.items()), (SHIPPED, SHIPPED_LABEL)]:
         for step in snapshots(root, row):
             for m, steps, nfe in samplings(row, step, n, ancestral_n):
-                for clip in (True, False) if row == DDPM else (True,):
+                for clip in clips(row):
                     r = scored(root, row, step, m, steps, clip)
                     if r is not None:
                         points.append(as_point(row, label, step, m, steps, nfe, r, clip))
@@ -229,7 +235,7 @@ def collect(root, n, ancestral_n):
 # precision / recall all move with the number of samples (FD upwards as n falls). So each ancestral point is
 # also set beside the first ancestral_n samples of these samplers at the same budget (the same draws as their
 # n-sample points, scored again) and beside as many real images: a comparison at one n.
-EQUAL_N_PEERS = (('kld_d', None, True), *((DDPM, s, clip) for s in DDPM_STEPS for clip in (True, False)))
+EQUAL_N_PEERS = ('kld_d', DDPM)     # their samplings at n (samplings() without the ancestral one)
 # Clamping the DDPM's predicted x0 to [-1, 1] at each step is its authors' convention and sample.py's
 # default; --unclamped also samples every DDPM point without it (the same draws), since it need not help
 # every model. Such a point's sampler ends in UNCLAMPED.
@@ -253,7 +259,8 @@ def first_scores(root, row, step, n, steps, m, scorer, clip=True):
 
 def equal_n(root, n, ancestral_n, classifier, data_dir):
     """{'n': ancestral_n, 'floor': what ancestral_n real images score, 'points': the first ancestral_n samples
-    of each EQUAL_N_PEERS sampler at every budget where the DDPM has an ancestral point} (curves.json's
+    of each EQUAL_N_PEERS row's samplings (clamped or not) at every budget where the DDPM has an ancestral
+    point} (curves.json's
     'equal_n'), or None when there is no ancestral point at a smaller n than the rest."""
     if not 0 < ancestral_n < n or not any(scored(root, DDPM, s, ancestral_n, ANCESTRAL) for s in DDPM_RUNGS):
         return None
@@ -262,14 +269,15 @@ def equal_n(root, n, ancestral_n, classifier, data_dir):
     for step in DDPM_RUNGS:
         if scored(root, DDPM, step, ancestral_n, ANCESTRAL) is None:
             continue
-        for row, steps, clip in EQUAL_N_PEERS:
+        peers = [(row, steps, nfe, clip) for row in EQUAL_N_PEERS for _, steps, nfe in samplings(row, step, n, 0)
+                 for clip in clips(row)]
+        for row, steps, nfe, clip in peers:
             if scored(root, row, step, n, steps, clip) is None:
                 continue
             if scorer is None:        # the classifier and the test set's reference, loaded once
                 scorer = metrics.Scores(dict(dataset='fashion_mnist', channels=1), ancestral_n,
                                         classifier=classifier, data_dir=data_dir)
                 scorer.prepare()
-            nfe = steps or train_images.parse_args(train_args(row, 'data', 0, False)).K
             r = first_scores(root, row, step, n, steps, ancestral_n, scorer, clip)
             if r is not None:
                 points.append(as_point(row, ROWS[row][0], step, ancestral_n, steps, nfe, r, clip))
@@ -378,12 +386,6 @@ def render_markdown(results):
     return render_table(results) + '\nClaims, by budget and metric:\n' + render_claims(results)
 
 
-def cells(point):
-    """FD, KID, precision, recall and the rarest class's share of a point, as every Fashion table writes them
-    (pages.metric_cells)."""
-    return pages.metric_cells(point)
-
-
 def curve_samplers():
     """(row, sampler) of the rows trained past BASE: each RGM / MMSE chain, then each DDPM sampler."""
     return ([(row, None) for row, r in ROWS.items() if r[3] > BASE and row != DDPM]
@@ -399,14 +401,14 @@ def render_main(results):
     floor = results.get('floor')
     if floor:
         lines.append(f'| {n:,} real training images (the floor) | | '
-                     + ' | '.join(cells(dict(floor, min_share=0.0))[:4]) + ' | |')     # no class shares
+                     + ' | '.join(pages.metric_cells(dict(floor, min_share=0.0))[:4]) + ' | |')     # no class shares
     for row, sampler in curve_samplers():
         a, b = find(points, row, BASE, sampler), find(points, row, 4 * BASE, sampler)
         if a is None and b is None:
             continue
         p = a or b
         label = ROWS[row][0] + (f', {sampler}' if sampler else '') + ('' if p['n'] == n else f" (n = {p['n']})")
-        both = zip(*(cells(q) if q else ['...'] * len(keys) for q in (a, b)))
+        both = zip(*(pages.metric_cells(q) if q else ['...'] * len(keys) for q in (a, b)))
         lines.append(f"| {label} | {p['nfe']} | {' | '.join(' -> '.join(pair) for pair in both)} |")
     lines += ['', f"Each cell: at 1x -> at 4x the 2-epoch budget ({32 * BASE:,} -> {32 * 4 * BASE:,} training images; "
               f"'...': not scored yet). n = {n:,} samples per point (seed 0) against the 10,000 test images"
@@ -439,7 +441,7 @@ def render_lambda(results):
         if p is None:
             continue
         lam, pixels = lam_of('kld_d' if row == SHIPPED else row)
-        lines.append(f'| {lam_text(lam)}{note} | {lam * pixels:.1f} | ' + ' | '.join(cells(p)) + ' |')
+        lines.append(f'| {lam_text(lam)}{note} | {lam * pixels:.1f} | ' + ' | '.join(pages.metric_cells(p)) + ' |')
     cifar, celeba = (train_images.PRESETS[p]['lam'] * PIXELS[train_images.PRESETS[p]['dataset']]
                      for p in ('cifar10_kld_d', 'celeba256_kld_d'))
     lines += ['', f'RGM-KLD-D, K = 4, at 1x ({32 * BASE:,} training images), n = {results["n"]:,}. The fidelity term is a '
@@ -470,7 +472,7 @@ def render_ddpm(results):
             ratio = '' if p is rgm else f"{p['nfe'] / rgm['nfe']:.3g}x, {p['ms_per_image'] / rgm['ms_per_image']:.3g}x"
             own_n = '' if p['n'] == n else f" (n = {p['n']:,})"
             lines.append(f"| {budget(step)} ({32 * step:,}) | {label}{own_n} | {p['nfe']} | "
-                         + ' | '.join(cells(p))
+                         + ' | '.join(pages.metric_cells(p))
                          + f" | {p['ms_per_image']:.1f} | {ratio} |")
         ddim = [p for s, p in ddpm if s.startswith('DDIM')]
         reach = sorted((p for p in ddim if p['fd'] <= rgm['fd']), key=lambda p: (p['nfe'], p['fd']))
@@ -498,7 +500,7 @@ def render_ddpm_short(results):
     as many samples; FD / KID / precision / recall / rarest class."""
     points, same = results['points'], results.get('equal_n') or {}
     def scores(p):
-        return ' / '.join(cells(p))
+        return ' / '.join(pages.metric_cells(p))
     lines = [f"FD / KID / precision / recall / rarest class's share; n = {results['n']:,} samples (seed 0) unless given; "
              "the DDPM's predicted x0 clamped to [-1, 1] unless said.", '']
     for step in DDPM_RUNGS:
@@ -534,7 +536,7 @@ def render_equal_n(results):
              '| budget | sampler | NFE | FD | KID | precision | recall | rarest class |', '|---' * 8 + '|']
     if same.get('floor'):
         lines.append(f'| | {m:,} real training images (the floor at this n) | | '
-                     + ' | '.join(cells(dict(same['floor'], min_share=0.0))[:4]) + ' | |')
+                     + ' | '.join(pages.metric_cells(dict(same['floor'], min_share=0.0))[:4]) + ' | |')
     readings = []
     for step in DDPM_RUNGS:
         here = [p for p in peers if p['step'] == step]
@@ -542,7 +544,8 @@ def render_equal_n(results):
         rows = here + [p for p in ancestral if p]
         for p in rows:
             label = 'RGM-KLD-D, its chain' if p['row'] == 'kld_d' else f"DDPM, {p['sampler']}"
-            lines.append(f"| {budget(step)} ({32 * step:,}) | {label} | {p['nfe']} | " + ' | '.join(cells(p)) + ' |')
+            lines.append(f"| {budget(step)} ({32 * step:,}) | {label} | {p['nfe']} | "
+                         + ' | '.join(pages.metric_cells(p)) + ' |')
         rgm = next((p for p in rows if p['row'] == 'kld_d'), None)
         for a in (a for a in ancestral if a and rgm):
             lead = {name: sign * (a[key] - rgm[key]) for key, name, sign in CLAIM_METRICS}

@@ -296,10 +296,12 @@ def test_the_ancestral_points_are_compared_at_their_own_n_on_the_first_samples_o
         (fc.DDPM, 16000, 20, fc.ANCESTRAL, 1000)]
     fake_point(root, fc.DDPM, 16000, 20, fc.ANCESTRAL, sets['ddim'][20:], clip=False)
     assert (fc.DDPM, 16000, 20, fc.ANCESTRAL, 1000) not in fc.unclamped_todo(root, 40, 20)
+    fake_point(root, fc.DDPM, 16000, 40, 10, sets['rgm'], clip=False)      # an unclamped DDIM point: a peer too
     same = fc.equal_n(root, 40, 20, fc.metrics.DEFAULT_CLASSIFIER, str(tmp_path / 'no-data'))
     assert same['n'] == 20 and same['floor']['fd'] == 0.5
-    assert [(p['row'], p['sampler'], p['nfe'], p['n']) for p in same['points']] == [('kld_d', None, 4, 20),
-                                                                                  (fc.DDPM, 'DDIM 10', 10, 20)]
+    assert [(p['row'], p['sampler'], p['nfe'], p['n']) for p in same['points']] == [
+        ('kld_d', None, 4, 20), (fc.DDPM, 'DDIM 10', 10, 20), (fc.DDPM, 'DDIM 10' + fc.UNCLAMPED, 10, 20)]
+    assert same['points'][2]['fd'] == pytest.approx(same['points'][0]['fd'])     # the same 20 images, scored alike
     net, _ = fc.metrics.load_classifier(fc.metrics.DEFAULT_CLASSIFIER)
     ref = fc.metrics.stored_reference(fc.metrics.DEFAULT_CLASSIFIER)
     first = fc.metrics.scores_against(net, sets['rgm'][:20], ref)
@@ -325,8 +327,8 @@ def test_the_ancestral_points_are_compared_at_their_own_n_on_the_first_samples_o
     assert ('| 4x (512,000) | DDPM, ancestral, x0 not clamped | 1000 | 99.00 |' in text
             and "- 4x: the DDPM's ancestral, x0 not clamped (1000 NFE) against" in text)
     rows = [line for line in text[text.index("At the ancestral points'"):].splitlines() if line.startswith('| 4x')]
-    assert [row.split(' | ')[1] for row in rows] == ['RGM-KLD-D, its chain', 'DDPM, DDIM 10', 'DDPM, ancestral',
-                                                      'DDPM, ancestral, x0 not clamped']
+    assert [row.split(' | ')[1] for row in rows] == ['RGM-KLD-D, its chain', 'DDPM, DDIM 10', 'DDPM, DDIM 10, x0 not clamped',
+                                                      'DDPM, ancestral', 'DDPM, ancestral, x0 not clamped']
     assert fc.render_equal_n(dict(n=40, points=points, equal_n=None)) == ''
 
 
